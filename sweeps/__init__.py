@@ -1,0 +1,1 @@
+"""What to run: sweep specs, launching on Ray, and the `satsweep` command line."""

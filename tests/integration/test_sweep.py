@@ -1,0 +1,100 @@
+"""A real sweep: `satsweep run` on a real local Ray instance with a real SQLite MLflow store."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 3
+SPEC = {
+    "name": "it-sweep",
+    "grid": {
+        "architectures": [
+            {"kind": "mlp", "hidden": [32]},
+            {"kind": "cnn", "channels": [4], "hidden": [16]},
+        ],
+        "activations": ["relu", "sigmoid"],
+        "lambdas": [0.5],
+    },
+    "training": {
+        "epochs": EPOCHS,
+        "batch_size": 64,
+        "penalty": {"schedule": "linear", "warmup_epochs": 2},
+    },
+    "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    work = tmp_path_factory.mktemp("sweep")
+    (work / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    uri = f"sqlite:///{work / 'mlflow.db'}"  # the default store: ./mlflow.db, made absolute
+    return out, MlflowClient(uri), work
+
+
+def runs_by_role(client):
+    exp = client.get_experiment_by_name("it-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    return (
+        [r for r in runs if r.data.tags.get("satsweep.role") == "sweep"],
+        [r for r in runs if r.data.tags.get("satsweep.role") == "trial"],
+    )
+
+
+def test_store_holds_one_sweep_run_and_four_finished_linked_trials(finished_sweep):
+    out, client, work = finished_sweep
+    assert f"sqlite:///{work / 'mlflow.db'}" in out.stdout and "mlflow ui" in out.stdout
+    sweeps, trials = runs_by_role(client)
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    assert len(trials) == 4
+    assert {t.info.status for t in trials} == {"FINISHED"}
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {sweeps[0].info.run_id}
+    assert {t.info.run_name for t in trials} == {
+        f"{a}_{act}_lam0.5_seed0" for a in ("mlp-32", "cnn-c4-16") for act in ("relu", "sigmoid")
+    }
+
+
+def test_every_trial_logs_clean_acc_per_epoch(finished_sweep):
+    _, client, _ = finished_sweep
+    _, trials = runs_by_role(client)
+    for t in trials:
+        history = client.get_metric_history(t.info.run_id, "clean_acc")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        assert all(0.0 <= m.value <= 1.0 for m in history)
+        lam = sorted(
+            client.get_metric_history(t.info.run_id, "effective_lambda"), key=lambda m: m.step
+        )
+        assert [m.value for m in lam] == pytest.approx([0.25, 0.5, 0.5])
+
+
+def test_trial_runs_carry_params_and_provenance(finished_sweep):
+    _, client, _ = finished_sweep
+    sweeps, trials = runs_by_role(client)
+    params, tags = trials[0].data.params, trials[0].data.tags
+    assert params["dtype"] == "float32" and params["penalty_reduction"] == "mean"
+    assert params["lambda_schedule"] == "linear" and params["saturation_threshold"] == "5.0"
+    assert params["saturation_float32_flat_threshold"] == "16.6"
+    assert tags["satsweep.ray_trial_id"] and tags["satsweep.version.torch"]
+    assert len(tags["satsweep.git_commit"]) in (40, len("unknown"))
+    spec_file = client.download_artifacts(sweeps[0].info.run_id, "spec.yaml")
+    with open(spec_file) as f:
+        assert yaml.safe_load(f)["name"] == "it-sweep"
+
+
+def test_ray_kept_a_checkpoint_per_trial(finished_sweep):
+    _, _, work = finished_sweep
+    checkpoints = list((work / "results" / "it-sweep").glob("*/checkpoint_*/state.pt"))
+    assert len({c.parent.parent for c in checkpoints}) == 4

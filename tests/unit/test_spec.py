@@ -1,0 +1,159 @@
+"""Sweep specs: shipped specs parse; malformed ones are refused with the field named, and the
+CLI turns that into exit code 2 without a traceback."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sweeps.spec import SpecError, load_spec, parse_spec
+from tests.conftest import REPO
+
+GOOD = {
+    "name": "t",
+    "grid": {
+        "architectures": [{"kind": "mlp", "hidden": [16]}],
+        "activations": ["relu"],
+        "lambdas": [0.0, 1.0],
+    },
+}
+
+
+def with_change(path: str, value):
+    """GOOD with the value at a dotted path replaced (or deleted when value is DELETE)."""
+    spec = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = spec
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    if value is DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return spec
+
+
+DELETE = object()
+
+MALFORMED = [
+    # (change, value, field the message must name)
+    ("name", DELETE, "name"),
+    ("name", 5, "name"),
+    ("grid", DELETE, "grid"),
+    ("grid.lambdas", [0.0, -1.0], "grid.lambdas[1]"),
+    ("grid.lambdas", "0.1", "grid.lambdas"),
+    ("grid.lambdas", [], "grid.lambdas"),
+    ("grid.lambdas", [1.0, 1.0], "grid.lambdas"),
+    ("grid.activations", ["relu", "gelu"], "grid.activations[1]"),
+    ("grid.architectures", [], "grid.architectures"),
+    ("grid.architectures.0.kind", "transformer", "grid.architectures[0].kind"),
+    ("grid.architectures.0.hidden", [16, 0], "grid.architectures[0].hidden[1]"),
+    ("grid.architectures.0.hidden", [], "grid.architectures[0].hidden"),
+    ("grid.architectures.0.channels", [8], "grid.architectures[0].channels"),
+    ("grid.architectures.0.width", 3, "grid.architectures[0].width"),
+    ("grid.seeds", [0.5], "grid.seeds[0]"),
+    ("grid.lamdas", [0.0], "grid.lamdas"),
+    ("training.epochs", 0, "training.epochs"),
+    ("training.epochs", True, "training.epochs"),
+    ("training.batch_size", -4, "training.batch_size"),
+    ("training.optimizer.name", "lbfgs", "training.optimizer.name"),
+    ("training.optimizer.lr", 0.0, "training.optimizer.lr"),
+    ("training.penalty.reduction", "max", "training.penalty.reduction"),
+    ("training.penalty.schedule", "cosine", "training.penalty.schedule"),
+    ("training.penalty.warmup_epochs", 500, "training.penalty.warmup_epochs"),
+    ("dataset.name", "imagenet", "dataset.name"),
+    ("dataset.name", "mnist", "dataset.data_dir"),
+    ("dataset.download", "yes", "dataset.download"),
+    ("resources.cpus_per_trial", 0, "resources.cpus_per_trial"),
+    ("resources.gpus_per_trial", 1.5, "resources.gpus_per_trial"),
+    ("resources.max_concurrent_trials", 0, "resources.max_concurrent_trials"),
+    ("scheduler.name", "pbt", "scheduler.name"),
+    ("storage_path", "", "storage_path"),
+]
+
+
+@pytest.mark.parametrize("change, value, field", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_spec_is_refused_naming_the_field(change, value, field):
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change(change, value), source="bad.yaml")
+    assert f"bad.yaml: {field}:" in str(err.value)
+    assert "Fix:" in str(err.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(SpecError, match="did you mean `lambdas`"):
+        parse_spec(with_change("grid.lamdas", [0.0]))
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(SpecError, match="expected a mapping"):
+        parse_spec(["not", "a", "mapping"])
+
+
+def test_defaults_fill_what_the_spec_leaves_out():
+    spec = parse_spec(GOOD)
+    assert spec.dataset.name == "digits" and spec.grid.seeds == [0]
+    assert spec.training.penalty.reduction == "mean" and spec.scheduler.name == "fifo"
+    assert spec.num_trials == 2
+    assert isinstance(spec.grid.lambdas[1], float)
+
+
+def test_quickstart_spans_the_grid_the_demo_promises():
+    spec, _ = load_spec(REPO / "sweeps" / "quickstart.yaml")
+    assert spec.dataset.name == "digits"
+    assert {a.kind for a in spec.grid.architectures} == {"mlp", "cnn"}
+    assert {"relu", "sigmoid"} <= set(spec.grid.activations)
+    assert len(spec.grid.lambdas) >= 3 and 0.0 in spec.grid.lambdas
+
+
+def test_mnist_paper_spec_is_the_paper_setting():
+    spec, _ = load_spec(REPO / "sweeps" / "mnist_paper.yaml")
+    assert spec.dataset.name == "mnist" and spec.dataset.data_dir
+    assert [a.hidden for a in spec.grid.architectures] == [[200, 200]]
+    assert {"sigmoid", "relu"} <= set(spec.grid.activations)
+    assert 0.0 in spec.grid.lambdas and max(spec.grid.lambdas) >= 30
+
+
+def satsweep(*args, cwd=REPO):
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_bad_spec_exits_2_with_one_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_change("training.epochs", 0)))
+    out = satsweep("run", str(bad), "--dry-run")
+    assert out.returncode == 2
+    assert "training.epochs" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_missing_spec_and_bad_flag_exit_2(tmp_path):
+    assert satsweep("run", str(tmp_path / "missing.yaml")).returncode == 2
+    assert satsweep("run", "sweeps/quickstart.yaml", "--bogus").returncode == 2
+
+
+def test_cli_missing_dataset_exits_2_before_ray_starts(tmp_path):
+    spec = with_change("dataset", {"name": "mnist", "data_dir": str(tmp_path / "none")})
+    path = tmp_path / "mnist.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = satsweep("run", str(path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(tmp_path / "none") in out.stderr
+    assert not (tmp_path / "m.db").exists()  # nothing half-written
+
+
+def test_cli_dry_run_prints_every_trial():
+    out = satsweep("run", "sweeps/quickstart.yaml", "--dry-run")
+    spec, _ = load_spec(REPO / "sweeps" / "quickstart.yaml")
+    assert out.returncode == 0
+    assert f"{spec.num_trials} trials" in out.stdout
+    assert "mlp-64x64_sigmoid_lam10_seed0" in out.stdout

@@ -1,0 +1,179 @@
+"""MLflow runs for a sweep: one experiment per sweep name, one parent run per sweep, one child
+run per trial. All calls go through an explicit MlflowClient (no fluent-API global state), so
+the same code works in the driver and inside Ray workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+ROLE_TAG = "satsweep.role"
+TRIAL_ID_TAG = "satsweep.ray_trial_id"
+STATUS_TAG = "satsweep.status"
+DEFAULT_DB = "mlflow.db"  # MLflow's own default store name, in the working directory
+_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def resolve_tracking_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
+    """--tracking-uri, then MLFLOW_TRACKING_URI, then the spec, then ./mlflow.db; always absolute,
+    because Ray workers run in other directories (and on other machines)."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
+    return absolute_uri(uri or f"sqlite:///{DEFAULT_DB}")
+
+
+def absolute_uri(uri: str) -> str:
+    """Make sqlite and file-path URIs absolute; leave http(s) and other schemes alone."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        return f"sqlite:///{Path(path).expanduser().resolve()}" if not path.startswith("/") else uri
+    if "://" not in uri:
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri
+
+
+def local_artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database file, as an absolute location."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def ui_command(tracking_uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment for a sweep name, created (with a local artifact root) on first use."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri))
+
+
+def code_version() -> str:
+    """The git commit of the satsweep checkout, or 'unknown' outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def version_tags() -> dict[str, str]:
+    tags = {}
+    for pkg in ("torch", "ray", "mlflow", "satsweep"):
+        try:
+            tags[f"satsweep.version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            tags[f"satsweep.version.{pkg}"] = "not installed"
+    return tags
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}: MLflow params are flat strings."""
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v) for k, v in sorted(params.items())]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i : i + _BATCH])
+
+
+def start_sweep_run(
+    client: MlflowClient, experiment_id: str, name: str, spec_text: str, params: dict
+) -> str:
+    """The parent run: role tag, flattened spec as params, the spec file as an artifact."""
+    tags = {ROLE_TAG: "sweep", "satsweep.git_commit": code_version(), **version_tags()}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    log_params(client, run_id, flatten(params))
+    client.log_text(run_id, spec_text, "spec.yaml")
+    return run_id
+
+
+def open_trial_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    ray_trial_id: str,
+    run_name: str,
+    params: dict,
+    tags: dict[str, str],
+) -> str:
+    """The trial's one run: reused when Ray restarts or restores the trial, created otherwise."""
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TRIAL_ID_TAG}` = '{ray_trial_id}' "
+        f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=1,
+    )
+    if existing:
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    all_tags = {
+        ROLE_TAG: "trial",
+        MLFLOW_PARENT_RUN_ID: parent_run_id,
+        MLFLOW_RUN_NAME: run_name,
+        TRIAL_ID_TAG: ray_trial_id,
+        **tags,
+    }
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    log_params(client, run.info.run_id, flatten(params))
+    return run.info.run_id
+
+
+def log_epoch(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """All of one epoch's metrics in one request, at `step=epoch`."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    client.log_batch(run_id, metrics=batch)
+
+
+def finish_run(client: MlflowClient, run_id: str, status: str, note: str | None = None) -> None:
+    """End a run FINISHED or FAILED, recording why in `satsweep.status` when given."""
+    if note:
+        client.set_tag(run_id, STATUS_TAG, note)
+    client.set_terminated(run_id, status=status)
+
+
+def reconcile_trial_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, ray_status: dict[str, str]
+) -> int:
+    """Close trial runs that a stopped or crashed trial left RUNNING; returns how many.
+
+    `ray_status` maps Ray trial id -> 'TERMINATED' (finished or early-stopped) or 'ERROR'.
+    """
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
+        "and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        trial_status = ray_status.get(run.data.tags.get(TRIAL_ID_TAG, ""), "ERROR")
+        if trial_status == "TERMINATED":
+            finish_run(client, run.info.run_id, "FINISHED", note="stopped_early")
+        else:
+            finish_run(client, run.info.run_id, "FAILED", note="failed")
+    return len(runs)

@@ -1,0 +1,108 @@
+"""Datasets as whole tensors: every trial holds its data on its device and batches by indexing.
+
+All inputs are float32 in [0, 1], shape N x C x H x W; no normalisation is baked in, so an
+L-infinity budget means the same thing for every dataset and model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+
+# The digits split is part of the dataset's definition, not a sweep setting: every trial of
+# every sweep sees the same 75/25 stratified split.
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+class DatasetNotFoundError(RuntimeError):
+    """The dataset is not on disk and may not be downloaded."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y_train.max().item()) + 1
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+        )
+
+
+def load_dataset(name: str, data_dir: str | None, download: bool) -> Dataset:
+    """Load a dataset onto the CPU as float32 tensors in [0, 1] and int64 labels."""
+    if name == "digits":
+        return _load_digits()
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is None:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} needs dataset.data_dir: set it to the folder that holds (or should "
+            "receive) the torchvision files"
+        )
+    return _load_torchvision(name, Path(data_dir), download)
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # grey levels 0..16
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    train_idx, test_idx = train_test_split(
+        torch.arange(len(y)).numpy(),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=y.numpy(),
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx])
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:
+    from torchvision import datasets
+
+    cls = {
+        "mnist": datasets.MNIST,
+        "fashion_mnist": datasets.FashionMNIST,
+        "cifar10": datasets.CIFAR10,
+    }[name]
+    try:
+        train = cls(root=str(root), train=True, download=download)
+        test = cls(root=str(root), train=False, download=download)
+    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found under {root.resolve()} ({err}). Fix: put the "
+            f"torchvision files there, point dataset.data_dir at them, or set "
+            f"dataset.download: true on a machine with internet access"
+        ) from err
+    return Dataset(name, *_as_tensors(train), *_as_tensors(test))
+
+
+def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.as_tensor(ds.data)
+    # MNIST-like data is N x H x W; CIFAR is N x H x W x C (both uint8)
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    x = images.contiguous().to(torch.float32) / 255.0
+    y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return x, y

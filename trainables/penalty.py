@@ -1,0 +1,53 @@
+"""The Nayebi & Ganguli saturation penalty and its lambda schedule (shared/method.md section 1).
+
+psi_c(h) is the distance from h to the nearest point where the activation's slope is zero:
+relu -> relu(h); sigmoid -> sigma(h)(1 - sigma(h)); tanh -> 1 - tanh(h)^2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REDUCTIONS = ("sum", "mean")
+SCHEDULES = ("constant", "linear")
+
+
+def psi(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """Elementwise saturation distance psi_c(h)."""
+    if activation == "relu":
+        return torch.relu(h)
+    if activation == "sigmoid":
+        s = torch.sigmoid(h)
+        return s * (1 - s)
+    if activation == "tanh":
+        return 1 - torch.tanh(h) ** 2
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def saturation_penalty(
+    preacts: list[torch.Tensor], activation: str, reduction: str
+) -> torch.Tensor:
+    """Sum over layers of (sum or mean over units of psi), averaged over the batch.
+
+    Units of a conv layer are its channels at every position. `mean` makes lambda independent
+    of layer width; the batch is always averaged so lambda is independent of batch size.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    per_example = torch.zeros(preacts[0].shape[0], dtype=preacts[0].dtype, device=preacts[0].device)
+    for h in preacts:
+        units = psi(h, activation).flatten(1)
+        per_example = per_example + (units.sum(1) if reduction == "sum" else units.mean(1))
+    return per_example.mean()
+
+
+def effective_lambda(lam: float, schedule: str, warmup_epochs: int, progress: float) -> float:
+    """Lambda in force after `progress` epochs of training (a float: 2.5 = mid third epoch).
+
+    `linear` ramps from 0 to `lam` over the first `warmup_epochs` epochs, then holds.
+    """
+    if schedule == "constant" or warmup_epochs == 0:
+        return lam
+    if schedule == "linear":
+        return lam * min(1.0, progress / warmup_epochs)
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")

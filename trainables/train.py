@@ -1,0 +1,165 @@
+"""The training loop as a plain generator: no Ray, no MLflow.
+
+    data = load_dataset(...).to(device)
+    state = new_state(cfg, data, device)
+    for metrics in train(cfg, data, state):   # one dict per epoch; `state` is updated in place
+        ...
+
+Read top to bottom: set-up, one epoch of training, evaluation, the epoch loop, checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainables.config import TrialConfig
+from trainables.data import Dataset
+from trainables.diagnostics import SIGMOID_FLOAT32_FLAT, saturated_units, weight_kurtosis
+from trainables.models import SaturatingNet
+from trainables.penalty import effective_lambda, saturation_penalty
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not ours."""
+
+
+@dataclass
+class TrainState:
+    model: SaturatingNet
+    optimizer: torch.optim.Optimizer
+    epoch: int  # epochs completed
+
+
+def pick_device() -> torch.device:
+    """CUDA when present (Ray has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def new_state(cfg: TrialConfig, data: Dataset, device: torch.device) -> TrainState:
+    """A freshly initialised model and optimiser, seeded by the trial's seed."""
+    torch.manual_seed(cfg.seed)
+    model = SaturatingNet(cfg.arch, cfg.activation, data.input_shape, data.num_classes).to(device)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
+    return TrainState(model, opt, epoch=0)
+
+
+def train_one_epoch(cfg: TrialConfig, data: Dataset, state: TrainState, epoch: int) -> dict:
+    """One pass over the training set in a permutation seeded by (seed, epoch), so a resumed
+    trial sees the same batches it would have seen. Sums stay on the device: one sync per epoch."""
+    model, opt = state.model, state.optimizer
+    model.train()
+    n = len(data.y_train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    order = order.to(data.x_train.device)
+    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    totals = torch.zeros(
+        4, dtype=torch.float64, device=data.x_train.device
+    )  # loss, ce, pen, correct
+    lam_t = 0.0
+    for step in range(steps):
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x, y = data.x_train[idx], data.y_train[idx]
+        logits, preacts = model.forward_with_preactivations(x)
+        ce = F.cross_entropy(logits, y)
+        penalty = saturation_penalty(preacts, cfg.activation, cfg.penalty_reduction)
+        lam_t = effective_lambda(
+            cfg.lam, cfg.lambda_schedule, cfg.warmup_epochs, progress=epoch - 1 + (step + 1) / steps
+        )
+        loss = ce + lam_t * penalty if lam_t > 0 else ce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            # running sums; train_acc is the running accuracy over the epoch's batches
+            totals += torch.stack(
+                [loss * len(y), ce * len(y), penalty * len(y), (logits.argmax(1) == y).sum()]
+            ).double()
+    loss_mean, ce_mean, penalty_mean, train_acc = (totals / n).tolist()
+    return {
+        "loss": loss_mean,
+        "cross_entropy": ce_mean,
+        "penalty": penalty_mean,
+        "effective_lambda": lam_t,
+        "train_acc": train_acc,
+    }
+
+
+@torch.no_grad()
+def evaluate(cfg: TrialConfig, data: Dataset, model: SaturatingNet) -> dict:
+    """Test accuracy (`clean_acc`) and, from the same forward pass, per-layer saturation."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=data.x_test.device)
+    saturated = flat = None  # per-layer counts of saturated / numerically flat units
+    for start in range(0, len(data.y_test), cfg.eval_batch_size):
+        x = data.x_test[start : start + cfg.eval_batch_size]
+        y = data.y_test[start : start + cfg.eval_batch_size]
+        logits, preacts = model.forward_with_preactivations(x)
+        correct += (logits.argmax(1) == y).sum()
+        sat = torch.stack(
+            [saturated_units(h, cfg.activation, cfg.saturation_threshold).sum() for h in preacts]
+        )
+        fl = torch.stack([(h.abs() > SIGMOID_FLOAT32_FLAT).sum() for h in preacts])
+        saturated = sat if saturated is None else saturated + sat
+        flat = fl if flat is None else flat + fl
+    n = len(data.y_test)
+    units_per_example = [h[0].numel() for h in preacts]
+    metrics = {"clean_acc": correct.item() / n}
+    for i, units in enumerate(units_per_example):
+        metrics[f"saturation/layer{i + 1}"] = saturated[i].item() / (n * units)
+        if cfg.activation == "sigmoid":
+            metrics[f"saturation_float32_flat/layer{i + 1}"] = flat[i].item() / (n * units)
+    for name, layer in model.weight_layers().items():
+        metrics[f"weight_kurtosis/{name}"] = weight_kurtosis(layer)
+    return metrics
+
+
+def train(cfg: TrialConfig, data: Dataset, state: TrainState) -> Iterator[dict]:
+    """Train from `state.epoch + 1` to `cfg.epochs`, yielding each epoch's metrics."""
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        metrics = {"epoch": epoch}
+        metrics.update(train_one_epoch(cfg, data, state, epoch))
+        metrics.update(evaluate(cfg, data, state.model))
+        state.epoch = epoch
+        yield metrics
+
+
+def save_checkpoint(path: Path, state: TrainState, extra: dict | None = None) -> None:
+    """Write atomically (temp file, then rename) so a crash never leaves a half-written file."""
+    payload = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "epoch": state.epoch,
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, state: TrainState) -> dict:
+    """Restore `state` in place (tensors only: weights_only=True) and return the `extra` dict."""
+    try:
+        payload = torch.load(
+            path, map_location=next(state.model.parameters()).device, weights_only=True
+        )
+        state.model.load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+        state.epoch = int(payload["epoch"])
+    except Exception as err:  # truncated zip, wrong keys, wrong shapes: all mean "don't use it"
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
+    return payload.get("extra", {})
