@@ -84,11 +84,9 @@ def train_one_epoch(cfg: TrialConfig, data: Dataset, state: TrainState, epoch: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            # running sums; train_acc is the running accuracy over the epoch's batches
-            totals += torch.stack(
-                [loss * len(y), ce * len(y), penalty * len(y), (logits.argmax(1) == y).sum()]
-            ).double()
+        with torch.no_grad():  # running sums; train_acc is the running accuracy of the epoch
+            correct = (logits.argmax(1) == y).sum() / len(y)
+            totals.add_(torch.stack([loss, ce, penalty, correct]), alpha=len(y))
     loss_mean, ce_mean, penalty_mean, train_acc = (totals / n).tolist()
     return {
         "loss": loss_mean,

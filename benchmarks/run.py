@@ -1,0 +1,30 @@
+"""Run every benchmark, print a table, write benchmarks/results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import train_loop
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main() -> None:
+    results = []
+    for module in (train_loop,):
+        results.extend(module.run())
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    width = max(len(r["name"]) for r in results)
+    print(f"{'benchmark':<{width}}  {'value':>10}  {'baseline':>10}  {'ratio':>6}  unit")
+    for r in results:
+        print(
+            f"{r['name']:<{width}}  {r['value']:>10}  {r['baseline']:>10}  {r['ratio']:>6}  "
+            f"{r['unit']}"
+        )
+    print(f"machine: {results[0]['machine']}")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
