@@ -15,14 +15,23 @@ from sweeps.spec import SweepSpec
 from tracking.runs import (
     code_version,
     ensure_experiment,
+    find_trial_run,
     finish_run,
     reconcile_trial_runs,
     start_sweep_run,
     ui_command,
 )
+from trainables.config import run_name
 from trainables.data import load_dataset
+from trainables.evaluate import eps_name
 from trainables.models import SaturatingNet
-from trainables.trainable import build_param_space, run_trial, trial_config
+from trainables.trainable import (
+    audit_trial,
+    build_param_space,
+    run_trial,
+    trial_name,
+    trial_settings,
+)
 
 
 @dataclasses.dataclass
@@ -38,7 +47,7 @@ def trial_rows(spec: SweepSpec) -> list[dict]:
     g = spec.grid
     return [
         {
-            "run_name": f"{arch}_{act}_lam{lam:g}_seed{seed}",
+            "run_name": run_name(arch, act, lam, seed),
             "arch": arch,
             "activation": act,
             "lam": lam,
@@ -70,6 +79,28 @@ def fixed_settings(spec: SweepSpec) -> dict:
         "lambda_schedule": t.penalty.schedule,
         "warmup_epochs": t.penalty.warmup_epochs,
         "saturation_threshold": t.saturation_threshold,
+        "evaluation": evaluation_settings(spec),
+    }
+
+
+def evaluation_settings(spec: SweepSpec) -> dict:
+    """The EvalConfig fields, from the evaluation and audit sections of the spec."""
+    e = spec.evaluation
+    return {
+        "size": e.size,
+        "seed": e.seed,
+        "eps": list(e.eps),
+        "unbounded_eps": e.unbounded_eps,
+        "attacks": list(e.attacks),
+        "pgd_steps": e.pgd_steps,
+        "pgd_restarts": e.pgd_restarts,
+        "pgd_step_factor": e.pgd_step_factor,
+        "apgd_iterations": e.apgd_iterations,
+        "noise_draws": e.noise_draws,
+        "bpda_temperature": e.bpda_temperature,
+        "square_queries": spec.audit.square_queries,
+        "every_epochs": e.every_epochs,
+        **dataclasses.asdict(e.masking),
     }
 
 
@@ -98,8 +129,55 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-def _readable_name(trial) -> str:
-    return trial_config(trial.config).run_name
+def audit_candidates(spec: SweepSpec, results) -> list:
+    """The top-k finished trials by worst case at the ranking eps, plus every flagged one."""
+    rank_eps = spec.audit.rank_eps or max(spec.evaluation.eps)
+    key = f"worst_case_acc/{eps_name(rank_eps)}"
+    finished = [
+        r for r in results if r.error is None and r.checkpoint is not None and key in r.metrics
+    ]
+    top = sorted(finished, key=lambda r: r.metrics[key], reverse=True)[: spec.audit.top_k]
+    flagged = [r for r in finished if r.metrics.get("masking/masking_suspected") == 1.0]
+    return list({r.metrics["trial_id"]: r for r in top + flagged}.values())
+
+
+def run_audit(
+    spec: SweepSpec, results, settings: dict, client: MlflowClient, experiment_id: str, parent: str
+) -> None:
+    """Run the audit tier as Ray tasks (same resources as a trial), one per candidate; a failed
+    audit is tagged on its run and does not fail the sweep."""
+    candidates = audit_candidates(spec, results)
+    audit = {"size": spec.audit.size, "eps": spec.audit.eps, "attacks": spec.audit.attacks}
+    task = ray.remote(audit_trial).options(
+        num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
+    )
+    print(
+        f"satsweep: audit ({', '.join(spec.audit.attacks)}) of {len(candidates)} trials: "
+        + ", ".join(trial_name(r.config) for r in candidates)
+    )
+    pending = {}
+    for r in candidates:
+        run_id = find_trial_run(client, experiment_id, parent, r.metrics["trial_id"])
+        ref = task.remote(r.config, settings, r.checkpoint.path, run_id, audit)
+        pending[ref] = (trial_name(r.config), run_id)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        name, run_id = pending.pop(done[0])
+        try:
+            metrics = ray.get(done[0])
+        except Exception as err:  # one broken audit must not hide the others' results
+            client.set_tag(run_id, "satsweep.audited", f"failed: {type(err).__name__}")
+            print(f"satsweep: audit of {name} failed: {err}")
+            continue
+        worst = {
+            k.split("/")[1]: round(v, 3)
+            for k, v in metrics.items()
+            if k.startswith("worst_case_acc/")
+        }
+        print(
+            f"satsweep: audited {name}: worst case {worst}, "
+            f"masking_suspected={bool(metrics['masking/masking_suspected'])}"
+        )
 
 
 def run_sweep(
@@ -116,15 +194,12 @@ def run_sweep(
         if not ray.is_initialized():
             ray.init(include_dashboard=False)
         resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
-        param_space = build_param_space(
+        settings = trial_settings(
             fixed=fixed_settings(spec),
             architectures={
                 n: {"kind": a.kind, "hidden": list(a.hidden), "channels": list(a.channels)}
                 for n, a in spec.architectures.items()
             },
-            activations=spec.grid.activations,
-            lambdas=spec.grid.lambdas,
-            seeds=spec.grid.seeds,
             tracking={
                 "uri": tracking_uri,
                 "experiment_id": experiment_id,
@@ -133,16 +208,19 @@ def run_sweep(
             },
             cpus_per_trial=spec.resources.cpus_per_trial,
         )
+        g = spec.grid
+        param_space = build_param_space(list(spec.architectures), g.activations, g.lambdas, g.seeds)
+        trainable = tune.with_parameters(run_trial, settings=settings)
         tuner = tune.Tuner(
-            tune.with_resources(run_trial, resources),
+            tune.with_resources(trainable, resources),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric="clean_acc",  # Tune prints the current best trial by it; ASHA ranks by it
                 mode="max",
                 scheduler=_scheduler(spec),
                 max_concurrent_trials=spec.resources.max_concurrent_trials,
-                trial_name_creator=_readable_name,
-                trial_dirname_creator=lambda t: f"{_readable_name(t)}_{t.trial_id}",
+                trial_name_creator=lambda t: trial_name(t.config),
+                trial_dirname_creator=lambda t: f"{trial_name(t.config)}_{t.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=spec.name,
@@ -156,6 +234,8 @@ def run_sweep(
             if "trial_id" in result.metrics:
                 ray_status[result.metrics["trial_id"]] = "ERROR" if result.error else "TERMINATED"
         failed = len(results.errors)
+        if spec.audit.enabled:
+            run_audit(spec, results, settings, client, experiment_id, parent)
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         client.set_tag(parent, "satsweep.trials_failed", str(failed))
         finish_run(client, parent, "FINISHED", note="finished" if not failed else "partial")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from trainables.attacks import AUDIT_ATTACKS, CHEAP_ATTACKS
 from trainables.data import DATASETS
 from trainables.models import ACTIVATIONS, ARCH_KINDS, ArchConfig
 from trainables.penalty import REDUCTIONS, SCHEDULES
@@ -81,6 +82,46 @@ class TrainingSpec:
 
 
 @dataclass
+class MaskingSpec:
+    """Thresholds of the gradient-masking flags (trainables/masking.py)."""
+
+    zero_grad_threshold: float = 0.05  # fraction of points with an exactly-zero input gradient
+    gap_threshold: float = 0.10  # naive minus stabilised attack accuracy
+    tolerance: float = 0.02  # slack for "beats" and "non-monotone" comparisons
+    unbounded_threshold: float = 0.05  # PGD-CE accuracy allowed at the unbounded eps
+
+
+@dataclass
+class EvaluationSpec:
+    size: int = 1000  # fixed, seeded subset of the test split (capped at its size)
+    seed: int = 0
+    eps: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
+    unbounded_eps: float = 1.0
+    attacks: list[str] = field(default_factory=lambda: list(CHEAP_ATTACKS))
+    pgd_steps: int = 40
+    pgd_restarts: int = 1
+    pgd_step_factor: float = 2.5  # step size = factor * eps / steps
+    apgd_iterations: int = 100
+    noise_draws: int = 100
+    bpda_temperature: float = 4.0
+    every_epochs: int = 0  # > 0: FGSM and PGD-CE every N epochs as well
+    masking: MaskingSpec = field(default_factory=MaskingSpec)
+
+
+@dataclass
+class AuditSpec:
+    """Square and AutoAttack `standard` after the grid, on the top-k and every flagged trial."""
+
+    enabled: bool = True
+    top_k: int = 2
+    rank_eps: float | None = None  # eps whose worst case ranks the top k (default: largest)
+    size: int = 1000  # audit set: a superset of the evaluation subset
+    eps: list[float] | None = None  # default: evaluation.eps
+    attacks: list[str] = field(default_factory=lambda: list(AUDIT_ATTACKS))
+    square_queries: int = 5000
+
+
+@dataclass
 class ResourcesSpec:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -99,6 +140,8 @@ class SweepSpec:
     grid: GridSpec
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    audit: AuditSpec = field(default_factory=AuditSpec)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     storage_path: str = "ray_results"
@@ -249,6 +292,7 @@ def _check_values(spec: SweepSpec) -> None:
     _check_dataset(spec.dataset)
     _check_grid(spec.grid)
     _check_training(spec.training)
+    _check_evaluation(spec.evaluation, spec.audit)
     r = spec.resources
     _require(
         r.cpus_per_trial > 0,
@@ -391,3 +435,60 @@ def _check_training(t: TrainingSpec) -> None:
     _require(
         t.saturation_threshold > 0, "training.saturation_threshold", "must be > 0", "use e.g. 5.0"
     )
+
+
+def _check_eps_list(values: list[float], where: str) -> None:
+    _require(len(values) > 0, where, "is empty", "list at least one budget, e.g. [0.1]")
+    for i, eps in enumerate(values):
+        _require(
+            0 < eps <= 1,
+            f"{where}[{i}]",
+            f"must be in (0, 1] for [0, 1] inputs (got {eps})",
+            "use e.g. 0.1 (MNIST) or 0.031 (8/255, CIFAR)",
+        )
+
+
+def _check_evaluation(e: EvaluationSpec, a: AuditSpec) -> None:
+    _require(e.size >= 1, "evaluation.size", "must be >= 1", "use e.g. 1000")
+    _check_eps_list(e.eps, "evaluation.eps")
+    _require(
+        0 < e.unbounded_eps <= 1,
+        "evaluation.unbounded_eps",
+        "must be in (0, 1]",
+        "use 1.0: the whole [0, 1] box",
+    )
+    _require(len(e.attacks) > 0, "evaluation.attacks", "is empty", "list at least pgd_margin")
+    for i, name in enumerate(e.attacks):
+        _one_of(name, tuple(CHEAP_ATTACKS), f"evaluation.attacks[{i}]")
+    for key in ("pgd_steps", "pgd_restarts", "apgd_iterations", "noise_draws"):
+        _require(getattr(e, key) >= 1, f"evaluation.{key}", "must be >= 1", "use e.g. 40")
+    _require(e.pgd_step_factor > 0, "evaluation.pgd_step_factor", "must be > 0", "use 2.5")
+    _require(e.bpda_temperature > 0, "evaluation.bpda_temperature", "must be > 0", "use 4.0")
+    _require(e.every_epochs >= 0, "evaluation.every_epochs", "must be >= 0", "use 0 to turn off")
+    for key in ("zero_grad_threshold", "gap_threshold", "tolerance", "unbounded_threshold"):
+        value = getattr(e.masking, key)
+        _require(
+            0 <= value <= 1,
+            f"evaluation.masking.{key}",
+            f"must be in [0, 1] (got {value})",
+            "thresholds are fractions of points or differences of accuracies",
+        )
+    _require(a.top_k >= 0, "audit.top_k", "must be >= 0", "use 0 to audit flagged trials only")
+    _require(
+        a.size >= e.size,
+        "audit.size",
+        f"is smaller than evaluation.size ({e.size})",
+        "the audit set must contain the evaluation subset: make it at least as large",
+    )
+    _require(a.square_queries >= 1, "audit.square_queries", "must be >= 1", "use e.g. 5000")
+    if a.eps is not None:
+        _check_eps_list(a.eps, "audit.eps")
+    if a.rank_eps is not None:
+        _require(
+            a.rank_eps in e.eps,
+            "audit.rank_eps",
+            f"{a.rank_eps} is not in evaluation.eps",
+            "pick one of the evaluation budgets",
+        )
+    for i, name in enumerate(a.attacks):
+        _one_of(name, tuple(AUDIT_ATTACKS), f"audit.attacks[{i}]")

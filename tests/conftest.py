@@ -7,11 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from trainables.config import TrialConfig
+from trainables.config import EvalConfig, TrialConfig
 from trainables.models import ArchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST10K = REPO.parent / "shared" / "data" / "mnist10k"
+
+
+def make_eval(**overrides) -> EvalConfig:
+    """A small but complete evaluation config; tests override what they exercise."""
+    base = EvalConfig(
+        size=200, seed=0, eps=(0.05, 0.1, 0.2, 0.3), unbounded_eps=1.0,
+        attacks=("fgsm", "fgsm_stable", "pgd_ce", "pgd_margin", "pgd_bpda", "apgd_ce", "apgd_t",
+                 "transfer", "noise"),
+        pgd_steps=20, pgd_restarts=1, pgd_step_factor=2.5, apgd_iterations=20, noise_draws=20,
+        bpda_temperature=4.0, square_queries=500, every_epochs=0, zero_grad_threshold=0.05,
+        gap_threshold=0.1,
+        tolerance=0.02, unbounded_threshold=0.05,
+    )  # fmt: skip
+    return dataclasses.replace(base, **overrides)
 
 
 def make_cfg(**overrides) -> TrialConfig:
@@ -21,7 +35,7 @@ def make_cfg(**overrides) -> TrialConfig:
         arch=ArchConfig("mlp", (32,)), activation="relu", lam=0.0, seed=0,
         epochs=3, batch_size=64, optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0,
         penalty_reduction="mean", lambda_schedule="constant", warmup_epochs=0,
-        saturation_threshold=5.0, eval_batch_size=256,
+        saturation_threshold=5.0, eval_batch_size=256, evaluation=make_eval(),
     )  # fmt: skip
     return dataclasses.replace(base, **overrides)
 

@@ -112,6 +112,19 @@ def start_sweep_run(
     return run_id
 
 
+def find_trial_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, ray_trial_id: str
+) -> str | None:
+    """The run id of a Ray trial's run under this sweep, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TRIAL_ID_TAG}` = '{ray_trial_id}' "
+        f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def open_trial_run(
     client: MlflowClient,
     experiment_id: str,
@@ -122,14 +135,8 @@ def open_trial_run(
     tags: dict[str, str],
 ) -> str:
     """The trial's one run: reused when Ray restarts or restores the trial, created otherwise."""
-    existing = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TRIAL_ID_TAG}` = '{ray_trial_id}' "
-        f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-        max_results=1,
-    )
-    if existing:
-        run_id = existing[0].info.run_id
+    run_id = find_trial_run(client, experiment_id, parent_run_id, ray_trial_id)
+    if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id
     all_tags = {
@@ -177,3 +184,9 @@ def reconcile_trial_runs(
         else:
             finish_run(client, run.info.run_id, "FAILED", note="failed")
     return len(runs)
+
+
+def log_masking_tags(client: MlflowClient, run_id: str, flags: dict[str, bool]) -> None:
+    """One `masking.<name>` tag per diagnostic, 'true' or 'false', searchable in the UI."""
+    for name, flag in flags.items():
+        client.set_tag(run_id, f"masking.{name}", "true" if flag else "false")

@@ -11,6 +11,34 @@ from trainables.models import ArchConfig
 DTYPE = "float32"
 
 
+def run_name(arch_name: str, activation: str, lam: float, seed: int) -> str:
+    """Readable, unique within a sweep: `mlp-200x200_sigmoid_lam30_seed0`."""
+    return f"{arch_name}_{activation}_lam{lam:g}_seed{seed}"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Robustness evaluation of the final model (and cheap attacks every `every_epochs`)."""
+
+    size: int  # points of the fixed, seeded evaluation subset of the test split
+    seed: int  # seed of that subset's permutation (and of the attacks' randomness)
+    eps: tuple[float, ...]  # L-infinity budgets on [0, 1] inputs
+    unbounded_eps: float  # the "unbounded" check: accuracy should go to ~0 here
+    attacks: tuple[str, ...]
+    pgd_steps: int
+    pgd_restarts: int
+    pgd_step_factor: float  # PGD step size = factor * eps / steps
+    apgd_iterations: int
+    noise_draws: int
+    bpda_temperature: float
+    square_queries: int  # audit tier
+    every_epochs: int  # 0: only at the end
+    zero_grad_threshold: float  # masking flag thresholds, see trainables/masking.py
+    gap_threshold: float
+    tolerance: float
+    unbounded_threshold: float
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     dataset: str
@@ -31,15 +59,18 @@ class TrialConfig:
     warmup_epochs: int
     saturation_threshold: float
     eval_batch_size: int
+    evaluation: EvalConfig
     dtype: str = field(default=DTYPE, init=False)
 
     @property
     def run_name(self) -> str:
-        """Readable, unique within a sweep: `mlp-200x200_sigmoid_lam30_seed0`."""
-        return f"{self.arch.name}_{self.activation}_lam{self.lam:g}_seed{self.seed}"
+        return run_name(self.arch.name, self.activation, self.lam, self.seed)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["evaluation"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in d["evaluation"].items()
+        }
         d["arch"] = {
             "kind": self.arch.kind,
             "hidden": list(self.arch.hidden),
@@ -53,5 +84,8 @@ class TrialConfig:
         """Inverse of `to_dict`; ignores keys that are not trial fields (e.g. tracking info)."""
         a = d["arch"]
         arch = ArchConfig(a["kind"], tuple(a["hidden"]), tuple(a.get("channels", ())))
-        names = {f for f in cls.__dataclass_fields__ if f not in ("arch", "dtype")}
-        return cls(arch=arch, **{k: v for k, v in d.items() if k in names})
+        ev = {k: tuple(v) if isinstance(v, list) else v for k, v in d["evaluation"].items()}
+        names = {f for f in cls.__dataclass_fields__ if f not in ("arch", "dtype", "evaluation")}
+        return cls(
+            arch=arch, evaluation=EvalConfig(**ev), **{k: v for k, v in d.items() if k in names}
+        )

@@ -4,25 +4,51 @@ Per epoch it logs metrics to the trial's MLflow run, writes a checkpoint (model,
 epoch, MLflow run id) and reports both to Tune. A restarted or restored trial resumes from its
 last checkpoint and keeps its one MLflow run.
 
-The param space this trainable reads is built by `build_param_space` below, so the layout of a
-Ray config dict is defined in exactly one file.
+The grid (`build_param_space`) and the settings every trial shares (`bind_settings`) are built
+by functions in this file, so the layout of what a trial receives is defined in one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from tracking.runs import finish_run, log_epoch, open_trial_run, version_tags
-from trainables.config import TrialConfig
-from trainables.data import load_dataset
+from tracking.runs import (
+    finish_run,
+    log_epoch,
+    log_masking_tags,
+    open_trial_run,
+    version_tags,
+)
+from trainables.config import TrialConfig, run_name
+from trainables.data import Dataset, load_dataset
 from trainables.diagnostics import SIGMOID_FLOAT32_FLAT
-from trainables.train import load_checkpoint, new_state, pick_device, save_checkpoint, train
+from trainables.evaluate import (
+    AttackResult,
+    eps_name,
+    eval_indices,
+    evaluate_robustness,
+    robustness_metrics,
+    run_attacks,
+)
+from trainables.masking import diagnose
+from trainables.plots import preactivation_histograms
+from trainables.train import (
+    TrainState,
+    load_checkpoint,
+    new_state,
+    pick_device,
+    save_checkpoint,
+    train,
+)
 
 CHECKPOINT_FILE = "state.pt"
 # Tune's console table shows the first four metrics of a report: the headline ones go first.
@@ -30,21 +56,24 @@ HEADLINE_METRICS = ("epoch", "clean_acc", "train_acc", "effective_lambda")
 
 
 def build_param_space(
-    fixed: dict,
-    architectures: dict[str, dict],
-    activations: list[str],
-    lambdas: list[float],
-    seeds: list[int],
-    tracking: dict,
-    cpus_per_trial: float,
+    architectures: list[str], activations: list[str], lambdas: list[float], seeds: list[int]
 ) -> dict:
-    """The grid as Tune sees it: four grid axes (shown in Tune's progress table), the fixed
-    trial settings, the architecture table, and where to log."""
+    """The grid as Tune sees it: four axes only, so Tune's tables show just what varies."""
     return {
-        "arch": tune.grid_search(list(architectures)),
+        "arch": tune.grid_search(architectures),
         "activation": tune.grid_search(activations),
         "lam": tune.grid_search(lambdas),
         "seed": tune.grid_search(seeds),
+    }
+
+
+def trial_settings(
+    fixed: dict, architectures: dict[str, dict], tracking: dict, cpus_per_trial: float
+) -> dict:
+    """What every trial shares: fixed settings, the architecture table, where to log. Bound to
+    `run_trial` with `tune.with_parameters`, so it travels once through Ray's object store
+    instead of being copied into (and printed with) each trial's config."""
+    return {
         "fixed": fixed,
         "architectures": architectures,
         "tracking": tracking,
@@ -52,12 +81,17 @@ def build_param_space(
     }
 
 
-def trial_config(config: dict) -> TrialConfig:
-    """One Tune config dict (a point of `build_param_space`'s grid) as a TrialConfig."""
+def trial_name(config: dict) -> str:
+    """The run name of a grid point, from its four axes."""
+    return run_name(config["arch"], config["activation"], config["lam"], config["seed"])
+
+
+def trial_config(config: dict, settings: dict) -> TrialConfig:
+    """One grid point plus the shared settings, as a TrialConfig."""
     return TrialConfig.from_dict(
         {
-            **config["fixed"],
-            "arch": config["architectures"][config["arch"]],
+            **settings["fixed"],
+            "arch": settings["architectures"][config["arch"]],
             "activation": config["activation"],
             "lam": float(config["lam"]),
             "seed": int(config["seed"]),
@@ -75,15 +109,127 @@ def trial_params(cfg: TrialConfig) -> dict:
         "weight_kurtosis_kind": "excess (Fisher)",
         "train_acc_kind": "running accuracy over the epoch's batches",
         "tf32": False,
+        "transfer_surrogate": "the lambda = 0 twin: same architecture, activation, seed and "
+        "recipe, trained in-trial (the model itself when lambda = 0)",
+        "robust_acc_counts": "points correct on the clean input and on the attack's output",
     }
 
 
-def run_trial(config: dict) -> None:
-    cfg = trial_config(config)
+def train_surrogate(cfg: TrialConfig, data: Dataset, state: TrainState) -> torch.nn.Module:
+    """The transfer attack's source: this trial's lambda = 0 twin. Training is seeded, so it is
+    the model the sweep's lambda = 0 trial of the same architecture/activation/seed trains,
+    without waiting for that trial (which may run concurrently or on another node)."""
+    if cfg.lam == 0:
+        return state.model
+    twin_cfg = dataclasses.replace(cfg, lam=0.0)
+    twin = new_state(twin_cfg, data, data.x_train.device)
+    for _ in train(twin_cfg, data, twin):
+        pass
+    return twin.model.eval()
+
+
+def final_evaluation(
+    cfg: TrialConfig, data: Dataset, state: TrainState, client: MlflowClient, run_id: str
+) -> dict:
+    """The full cheap attack tier, masking flags, per-example results and the saturation figure,
+    logged to the trial's run; returns the metrics to report with the last epoch."""
+    ecfg = cfg.evaluation
+    idx = eval_indices(len(data.y_test), ecfg.size, ecfg.seed).to(data.y_test.device)
+    x, y = data.x_test[idx], data.y_test[idx]
+    start = time.perf_counter()
+    surrogate = train_surrogate(cfg, data, state) if "transfer" in ecfg.attacks else None
+    surrogate_seconds = time.perf_counter() - start
+    metrics, diagnostics, results = evaluate_robustness(state.model, x, y, ecfg, surrogate)
+    metrics["attack_seconds/transfer_surrogate_training"] = surrogate_seconds
+    log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
+    client.log_dict(run_id, {
+        "eval_indices": idx.tolist(),
+        "robust": {f"{r.attack}@{r.eps:g}": r.robust.int().tolist() for r in results},
+    }, "robustness/per_example.json")  # fmt: skip
+    figure = preactivation_histograms(state.model, x, cfg.saturation_threshold, cfg.run_name)
+    client.log_figure(run_id, figure, "saturation/preactivation_histograms.png")
+    return metrics
+
+
+def audit_trial(
+    config: dict, settings: dict, checkpoint_dir: str, run_id: str, audit: dict
+) -> dict:
+    """The audit tier on one finished trial (a Ray task): `audit["attacks"]` (Square, AutoAttack
+    standard) on the audit set, which contains the evaluation subset. On that subset the audit
+    results join the trial's per-example cheap-tier results, so `worst_case_acc` and the masking
+    flags are recomputed per example, not overwritten. Logged into the trial's own run."""
+    cfg = trial_config(config, settings)
+    ecfg = cfg.evaluation
+    torch.set_num_threads(max(1, int(settings["cpus_per_trial"])))
+    device = pick_device()
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).to(device)
+    state = new_state(cfg, data, device)
+    load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, state)
+    model = state.model.eval()
+    audit_idx = eval_indices(len(data.y_test), audit["size"], ecfg.seed)
+    eps_list = tuple(audit["eps"] or ecfg.eps)
+    audit_results = run_attacks(
+        model,
+        data.x_test[audit_idx.to(device)],
+        data.y_test[audit_idx.to(device)],
+        tuple(audit["attacks"]),
+        eps_list,
+        ecfg,
+    )
+
+    client = MlflowClient(settings["tracking"]["uri"])
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(run_id, "robustness/per_example.json", folder)
+        stored = json.loads(Path(path).read_text())
+    position = {int(i): p for p, i in enumerate(audit_idx.tolist())}
+    on_eval = torch.tensor([position[i] for i in stored["eval_indices"]])
+    cheap = [
+        AttackResult(key.split("@")[0], float(key.split("@")[1]), torch.tensor(mask).bool(), 0.0)
+        for key, mask in stored["robust"].items()
+    ]
+    merged = cheap + [
+        AttackResult(r.attack, r.eps, r.robust[on_eval].cpu(), r.seconds) for r in audit_results
+    ]
+    metrics = {
+        k: v
+        for k, v in robustness_metrics(merged).items()
+        if not k.startswith("attack_seconds/") or k.split("/")[1] in audit["attacks"]
+    }
+    for r in audit_results:
+        metrics[f"audit_set_acc/{r.attack}/{eps_name(r.eps)}"] = r.accuracy
+    logged = client.get_run(run_id).data.metrics
+    acc = {(r.attack, r.eps): r.accuracy for r in merged}
+    diagnostics = diagnose(
+        acc,
+        logged["masking/zero_grad_float32"],
+        logged["masking/zero_grad_float64"],
+        ecfg,
+        transfer_is_black_box=cfg.lam != 0,
+    )
+    metrics |= {f"masking/{name}": value for name, (value, _) in diagnostics.items()}
+    log_epoch(client, run_id, metrics, step=cfg.epochs)
+    log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
+    client.set_tag(run_id, "satsweep.audited", "true")
+    client.log_dict(run_id, {"audit_indices": audit_idx.tolist(), **audit}, "robustness/audit.json")
+    return metrics
+
+
+def quick_evaluation(cfg: TrialConfig, data: Dataset, state: TrainState) -> dict:
+    """FGSM and PGD-CE on the evaluation subset, for robustness curves over training."""
+    ecfg = cfg.evaluation
+    idx = eval_indices(len(data.y_test), ecfg.size, ecfg.seed).to(data.y_test.device)
+    results = run_attacks(
+        state.model, data.x_test[idx], data.y_test[idx], ("fgsm", "pgd_ce"), ecfg.eps, ecfg
+    )
+    return robustness_metrics(results)
+
+
+def run_trial(config: dict, settings: dict) -> None:
+    cfg = trial_config(config, settings)
     # Ray logs a line per checkpoint; with one checkpoint per epoch that drowns the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    tracking = config["tracking"]
-    torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
+    tracking = settings["tracking"]
+    torch.set_num_threads(max(1, int(settings["cpus_per_trial"])))
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = pick_device()
@@ -111,6 +257,11 @@ def run_trial(config: dict) -> None:
     )
     try:
         for metrics in train(cfg, data, state):
+            every = cfg.evaluation.every_epochs
+            if state.epoch == cfg.epochs:
+                metrics |= final_evaluation(cfg, data, state, client, run_id)
+            elif every and state.epoch % every == 0:
+                metrics |= quick_evaluation(cfg, data, state)
             log_epoch(client, run_id, metrics, step=state.epoch)
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, state, {"mlflow_run_id": run_id})

@@ -25,6 +25,14 @@ SPEC = {
         "batch_size": 64,
         "penalty": {"schedule": "linear", "warmup_epochs": 2},
     },
+    "evaluation": {
+        "size": 200,
+        "eps": [0.1, 0.3],
+        "pgd_steps": 10,
+        "apgd_iterations": 10,
+        "noise_draws": 10,
+    },
+    "audit": {"top_k": 1, "size": 300, "eps": [0.1], "square_queries": 100},
     "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
 }
 
@@ -98,3 +106,33 @@ def test_ray_kept_a_checkpoint_per_trial(finished_sweep):
     _, _, work = finished_sweep
     checkpoints = list((work / "results" / "it-sweep").glob("*/checkpoint_*/state.pt"))
     assert len({c.parent.parent for c in checkpoints}) == 4
+
+
+def test_every_trial_is_attacked_and_flagged(finished_sweep):
+    _, client, _ = finished_sweep
+    _, trials = runs_by_role(client)
+    for t in trials:
+        m = t.data.metrics
+        for eps in ("eps_0.1", "eps_0.3", "eps_1"):
+            accs = {
+                k.split("/")[1]: v
+                for k, v in m.items()
+                if k.startswith("robust_acc/") and k.endswith("/" + eps)
+            }
+            assert len(accs) >= 6, accs
+            assert m[f"worst_case_acc/{eps}"] <= min(accs.values())
+        assert {"masking.zero_grad_float32", "masking.masking_suspected"} <= set(t.data.tags)
+        assert t.data.tags["masking.masking_suspected"] in ("true", "false")
+        assert client.list_artifacts(t.info.run_id, "saturation")
+
+
+def test_audit_adds_square_and_autoattack_to_the_chosen_trials(finished_sweep):
+    out, client, _ = finished_sweep
+    _, trials = runs_by_role(client)
+    audited = [t for t in trials if t.data.tags.get("satsweep.audited") == "true"]
+    assert audited and "satsweep: audited" in out.stdout
+    for t in audited:
+        m = t.data.metrics
+        assert {"robust_acc/square/eps_0.1", "robust_acc/autoattack/eps_0.1"} <= set(m)
+        others = [v for k, v in m.items() if k.startswith("robust_acc/") and "eps_0.1" in k]
+        assert m["worst_case_acc/eps_0.1"] <= min(others)

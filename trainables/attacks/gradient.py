@@ -1,0 +1,137 @@
+"""White-box gradient attacks: FGSM (naive and stabilised), PGD on cross-entropy or margin, and
+PGD through a surrogate backward for saturated units (BPDA)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from trainables.attacks.losses import LOSSES, input_gradient, project
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """One signed step on float32 cross-entropy: the paper's naive baseline. A zero gradient
+    gives sign(0) = 0, i.e. the input comes back unchanged."""
+    grad = input_gradient(model, x, y, "ce")
+    return project(x + eps * grad.sign(), x, eps)
+
+
+def fgsm_stable(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """FGSM on the margin loss with the gradient taken in float64 (Brendel & Bethge's check);
+    the adversarial is returned in float32 and scored on the float32 model."""
+    model64 = copy.deepcopy(model).double()
+    grad = input_gradient(model64, x.double(), y, "margin")
+    return project(x + eps * grad.sign().float(), x, eps)
+
+
+@torch.no_grad()
+def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1) != y
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    loss: str = "ce",
+    steps: int = 40,
+    step_size: float | None = None,
+    restarts: int = 1,
+    seed: int = 0,
+    score_model: nn.Module | None = None,
+) -> torch.Tensor:
+    """PGD with a uniform random start, `restarts` restarts and best-iterate tracking.
+
+    Early exit: only points that are still classified correctly are attacked, and a point
+    leaves the active set as soon as an iterate fools `score_model` (default: `model`); the
+    rest keep their highest-loss iterate. `step_size` defaults to 2.5 * eps / steps.
+    """
+    score_model = score_model or model
+    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    x_best = x.clone()
+    best_loss = torch.full((len(x),), float("-inf"), device=x.device)
+    done = _fooled(score_model, x, y)
+    for _ in range(restarts):
+        active = (~done).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        x0, y0 = x[active], y[active]
+        start = torch.rand(x0.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = project(x0 + (2 * start - 1) * eps, x0, eps)
+        for _ in range(steps):
+            grad = input_gradient(model, x_adv, y0, loss)
+            x_adv = project(x_adv + alpha * grad.sign(), x0, eps)
+            with torch.no_grad():
+                logits = score_model(x_adv)
+                current = LOSSES[loss](logits, y0)
+                fooled = logits.argmax(1) != y0
+            better = (current > best_loss[active]) | fooled
+            x_best[active[better]] = x_adv[better]
+            best_loss[active[better]] = current[better]
+            done[active[fooled]] = True
+            keep = ~fooled
+            active, x_adv, x0, y0 = active[keep], x_adv[keep], x0[keep], y0[keep]
+            if len(active) == 0:
+                break
+    return x_best
+
+
+def pgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **opts) -> torch.Tensor:
+    """PGD on float32 cross-entropy: the naive iterative attack."""
+    return pgd(model, x, y, eps, loss="ce", **opts)
+
+
+def pgd_margin(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **opts
+) -> torch.Tensor:
+    """PGD on the logit margin: immune to softmax saturation."""
+    return pgd(model, x, y, eps, loss="margin", **opts)
+
+
+class _SurrogateActivation(torch.autograd.Function):
+    """Exact forward; backward through a smooth stand-in whose slope never vanishes. Constant
+    factors (1/T) are dropped: they do not change the direction of a signed step."""
+
+    @staticmethod
+    def forward(ctx, h, kind: str, temperature: float):
+        ctx.save_for_backward(h)
+        ctx.kind, ctx.temperature = kind, temperature
+        return {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[kind](h)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (h,) = ctx.saved_tensors
+        t = ctx.temperature
+        if ctx.kind == "relu":  # softplus derivative: dead units still pass a gradient
+            slope = torch.sigmoid(h / t)
+        elif ctx.kind == "sigmoid":  # sigma'(h / T): a softened sigmoid's slope, up to 1/T
+            s = torch.sigmoid(h / t)
+            slope = s * (1 - s)
+        else:  # tanh: 1 - tanh(h / T)^2
+            slope = 1 - torch.tanh(h / t) ** 2
+        return grad_out * slope, None, None
+
+
+def pgd_bpda(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    temperature: float = 4.0,
+    **opts,
+) -> torch.Tensor:
+    """PGD on the margin through a copy of the model whose hidden nonlinearities keep their exact
+    forward but back-propagate a softened slope (temperature T): the adaptive attack against
+    hidden-unit saturation. Iterates are scored on the unmodified model."""
+    if not hasattr(model, "act") or not hasattr(model, "activation"):
+        raise TypeError("pgd_bpda needs a satsweep model (attributes `act` and `activation`)")
+    surrogate = copy.deepcopy(model)
+    kind = model.activation
+    surrogate.act = lambda h: _SurrogateActivation.apply(h, kind, temperature)
+    return pgd(surrogate, x, y, eps, loss="margin", score_model=model, **opts)
