@@ -34,7 +34,8 @@ def _config(dataset: str, data_dir: str | None) -> TrialConfig:
         arch=ArchConfig("mlp", (200, 200)), activation="sigmoid", lam=30.0, seed=0,
         epochs=1, batch_size=100, optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0,
         penalty_reduction="mean", lambda_schedule="constant", warmup_epochs=0,
-        saturation_threshold=5.0, eval_batch_size=1000,
+        saturation_threshold=5.0, eval_batch_size=1000, checkpoint_every=1,
+        evaluation=None,
     )  # fmt: skip
 
 

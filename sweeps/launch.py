@@ -79,6 +79,7 @@ def fixed_settings(spec: SweepSpec) -> dict:
         "lambda_schedule": t.penalty.schedule,
         "warmup_epochs": t.penalty.warmup_epochs,
         "saturation_threshold": t.saturation_threshold,
+        "checkpoint_every": t.checkpoint_every,
         "evaluation": evaluation_settings(spec),
     }
 

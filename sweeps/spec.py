@@ -79,6 +79,7 @@ class TrainingSpec:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     penalty: PenaltySpec = field(default_factory=PenaltySpec)
     saturation_threshold: float = 5.0  # |h| beyond which a sigmoid/tanh unit counts as saturated
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
 
 
 @dataclass
@@ -411,6 +412,12 @@ def _check_training(t: TrainingSpec) -> None:
         "train for at least one epoch",
     )
     _require(t.batch_size >= 1, "training.batch_size", "must be >= 1", "use e.g. 64")
+    _require(
+        t.checkpoint_every >= 1,
+        "training.checkpoint_every",
+        "must be >= 1",
+        "checkpoint every N >= 1 epochs (a resumed trial repeats at most N - 1 epochs)",
+    )
     _require(t.eval_batch_size >= 1, "training.eval_batch_size", "must be >= 1", "use e.g. 1000")
     o = t.optimizer
     _one_of(o.name, OPTIMIZERS, "training.optimizer.name")

@@ -35,7 +35,8 @@ def make_cfg(**overrides) -> TrialConfig:
         arch=ArchConfig("mlp", (32,)), activation="relu", lam=0.0, seed=0,
         epochs=3, batch_size=64, optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0,
         penalty_reduction="mean", lambda_schedule="constant", warmup_epochs=0,
-        saturation_threshold=5.0, eval_batch_size=256, evaluation=make_eval(),
+        saturation_threshold=5.0, eval_batch_size=256, checkpoint_every=1,
+        evaluation=make_eval(),
     )  # fmt: skip
     return dataclasses.replace(base, **overrides)
 

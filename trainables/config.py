@@ -59,6 +59,7 @@ class TrialConfig:
     warmup_epochs: int
     saturation_threshold: float
     eval_batch_size: int
+    checkpoint_every: int
     evaluation: EvalConfig
     dtype: str = field(default=DTYPE, init=False)
 

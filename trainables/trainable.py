@@ -263,9 +263,12 @@ def run_trial(config: dict, settings: dict) -> None:
             elif every and state.epoch % every == 0:
                 metrics |= quick_evaluation(cfg, data, state)
             log_epoch(client, run_id, metrics, step=state.epoch)
+            headline = {k: metrics[k] for k in HEADLINE_METRICS}
+            if state.epoch % cfg.checkpoint_every and state.epoch != cfg.epochs:
+                tune.report(headline | metrics)
+                continue
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, state, {"mlflow_run_id": run_id})
-                headline = {k: metrics[k] for k in HEADLINE_METRICS}
                 tune.report(headline | metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
