@@ -172,3 +172,10 @@ def test_eval_subset_is_fixed_and_nested_in_larger_audit_sets():
     assert torch.equal(small, again)
     assert set(small.tolist()) <= set(large.tolist())
     assert len(eval_indices(450, 1000, 0)) == 450
+
+
+def test_early_exit_saves_work_without_changing_the_result(relu_net, eval_points):
+    x, y = eval_points
+    fast = accuracy(relu_net, pgd_ce(relu_net, x, y, 0.1, steps=20), x, y)
+    slow = accuracy(relu_net, pgd_ce(relu_net, x, y, 0.1, steps=20, early_exit=False), x, y)
+    assert fast == pytest.approx(slow, abs=0.01)

@@ -43,12 +43,14 @@ def pgd(
     restarts: int = 1,
     seed: int = 0,
     score_model: nn.Module | None = None,
+    early_exit: bool = True,
 ) -> torch.Tensor:
     """PGD with a uniform random start, `restarts` restarts and best-iterate tracking.
 
     Early exit: only points that are still classified correctly are attacked, and a point
     leaves the active set as soon as an iterate fools `score_model` (default: `model`); the
     rest keep their highest-loss iterate. `step_size` defaults to 2.5 * eps / steps.
+    `early_exit=False` keeps stepping fooled points too (same result, more work: a benchmark).
     """
     score_model = score_model or model
     alpha = step_size if step_size is not None else 2.5 * eps / steps
@@ -70,10 +72,13 @@ def pgd(
                 logits = score_model(x_adv)
                 current = LOSSES[loss](logits, y0)
                 fooled = logits.argmax(1) != y0
-            better = (current > best_loss[active]) | fooled
+            open_ = ~done[active]  # a fooled point keeps the iterate that fooled it
+            better = open_ & ((current > best_loss[active]) | fooled)
             x_best[active[better]] = x_adv[better]
             best_loss[active[better]] = current[better]
             done[active[fooled]] = True
+            if not early_exit:
+                continue
             keep = ~fooled
             active, x_adv, x0, y0 = active[keep], x_adv[keep], x0[keep], y0[keep]
             if len(active) == 0:
