@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from sweeps.spec import SpecError, load_spec
 from tracking.runs import resolve_tracking_uri
+from tracking.select import (
+    DEFAULT_EPS,
+    DEFAULT_MIN_CLEAN_ACC,
+    RULE,
+    SelectionError,
+    eligible,
+    load_candidates,
+    pareto_front,
+    record_selection,
+    select_best,
+)
 from trainables.data import DatasetNotFoundError
 
 USAGE_ERROR = 2
@@ -31,7 +43,83 @@ def _parser() -> argparse.ArgumentParser:
         help="where Ray keeps results and checkpoints (default: the spec's storage_path)",
     )
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+
+    best = sub.add_parser("best", help="rank a sweep's trials by the masking-aware rule")
+    best.add_argument("sweep", help="the sweep's name (its MLflow experiment)")
+    _store_flag(best)
+    best.add_argument(
+        "--eps",
+        type=float,
+        default=DEFAULT_EPS,
+        help=f"budget whose worst case is maximised (default {DEFAULT_EPS:g})",
+    )
+    best.add_argument(
+        "--min-clean-acc",
+        type=float,
+        default=DEFAULT_MIN_CLEAN_ACC,
+        help=f"clean accuracy floor (default {DEFAULT_MIN_CLEAN_ACC:g})",
+    )
+    best.add_argument(
+        "--include-flagged", action="store_true", help="also consider trials with masking suspected"
+    )
+    best.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+
+    export = sub.add_parser("export", help="export the champion (or a given trial) to a folder")
+    export.add_argument(
+        "sweep_or_run",
+        metavar="SWEEP|RUN_ID",
+        help="a sweep name (its champion by the rule) or a trial's run id",
+    )
+    export.add_argument("--out", required=True, type=Path, help="new or empty folder")
+    _store_flag(export)
+    _rule_flags(export)
+
+    report = sub.add_parser("report", help="log the sweep report to its parent run")
+    report.add_argument("sweep")
+    _store_flag(report)
+    report.add_argument("--eps", type=float, default=DEFAULT_EPS)
     return parser
+
+
+def _rule_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eps",
+        type=float,
+        default=DEFAULT_EPS,
+        help=f"budget whose worst case is maximised (default {DEFAULT_EPS:g})",
+    )
+    parser.add_argument(
+        "--min-clean-acc",
+        type=float,
+        default=DEFAULT_MIN_CLEAN_ACC,
+        help=f"clean accuracy floor (default {DEFAULT_MIN_CLEAN_ACC:g})",
+    )
+    parser.add_argument(
+        "--include-flagged", action="store_true", help="also consider trials with masking suspected"
+    )
+
+
+def _check_rule(args) -> None:
+    if not 0 < args.eps <= 1 or not 0 <= args.min_clean_acc <= 1:
+        raise SelectionError("--eps must be in (0, 1] and --min-clean-acc in [0, 1]")
+
+
+def _store_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then ./mlflow.db)",
+    )
+
+
+def existing_store(cli_uri: str | None) -> str:
+    """The tracking URI of a store that must already exist (reading never creates one)."""
+    uri = resolve_tracking_uri(cli_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise SelectionError(
+            f"no MLflow store at {uri}; run a sweep first, or pass "
+            "--tracking-uri (or set MLFLOW_TRACKING_URI)"
+        )
+    return uri
 
 
 def _fail(message: str) -> int:
@@ -76,9 +164,102 @@ def cmd_run(args) -> int:
     return 1 if outcome.failed else 0
 
 
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def cmd_best(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    _check_rule(args)
+    if args.top < 1:
+        return _fail("--top must be >= 1")
+    uri = existing_store(args.tracking_uri)
+    client = MlflowClient(uri)
+    parent, candidates = load_candidates(client, args.sweep, args.eps)
+    chosen = select_best(candidates, args.min_clean_acc, args.include_flagged)
+    record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
+    pool = {c.run_id for c in eligible(candidates, args.min_clean_acc, args.include_flagged)}
+    ranked = sorted(
+        candidates, key=lambda c: (c.run_id in pool, c.worst or -1, c.clean), reverse=True
+    )
+    width = max(len(c.run_name) for c in candidates)
+    e = f"{args.eps:g}"
+    print(f"sweep {args.sweep}: {len(candidates)} trials; rule: {RULE}")
+    print(
+        f"{'':2}{'run':<{width}}  {'λ':>6}  {'arch':<14} {'act':<8} {'clean':>6}  "
+        f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  flags / excluded because"
+    )
+    for c in ranked[: args.top]:
+        why = ", ".join(c.flags) if c.run_id in pool else _excluded(c, args)
+        mark = "*" if c is chosen else " "
+        print(
+            f"{mark} {c.run_name:<{width}}  {c.lam:>6g}  {c.arch:<14} {c.activation:<8} "
+            f"{_fmt(c.clean):>6}  {_fmt(c.worst):>10}  {_fmt(c.fgsm):>9}  {why}"
+        )
+    print(
+        f"\nchampion: {chosen.run_name}  (run {chosen.run_id}), worst case {chosen.worst:.3f} "
+        f"at eps {e}, clean {chosen.clean:.3f}, naive FGSM {_fmt(chosen.fgsm)}"
+    )
+    print(f"Pareto front, clean vs worst case at eps {e}:")
+    for c in pareto_front(candidates):
+        print(
+            f"  clean {c.clean:.3f}  worst {_fmt(c.worst)}  {c.run_name}"
+            + ("  [masking suspected]" if c.flagged else "")
+        )
+    return 0
+
+
+def _excluded(c, args) -> str:
+    if c.status != "finished":
+        return f"excluded: {c.status or 'not finished'}"
+    if c.worst is None:
+        return "excluded: not evaluated"
+    if c.clean < args.min_clean_acc:
+        return f"excluded: clean < {args.min_clean_acc:g}"
+    return "excluded: " + ", ".join(c.flags)
+
+
+def cmd_export(args) -> int:
+    from tracking.export import export_model
+
+    _check_rule(args)
+    info = export_model(
+        existing_store(args.tracking_uri),
+        args.sweep_or_run,
+        args.out,
+        eps=args.eps,
+        min_clean_acc=args.min_clean_acc,
+        include_flagged=args.include_flagged,
+    )
+    print(
+        f"exported {info['run_name']} (run {info['run_id']}) to {info['out']}: "
+        "model.pt2, state_dict.pt, config.json, metrics.json"
+    )
+    print(
+        f"registered model {info['registered_model']!r} version {info['version']}, alias 'champion'"
+    )
+    print(
+        f"load it anywhere with torch only: torch.export.load('{info['out']}/model.pt2').module()"
+    )
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tracking.report import write_report
+
+    paths = write_report(existing_store(args.tracking_uri), args.sweep, eps=args.eps)
+    print(f"logged to the sweep run of {args.sweep!r}: {', '.join(paths)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": cmd_run}[args.command](args)
+    command = {"run": cmd_run, "best": cmd_best, "export": cmd_export, "report": cmd_report}
+    try:
+        return command[args.command](args)
+    except SelectionError as err:
+        return _fail(str(err))
 
 
 if __name__ == "__main__":

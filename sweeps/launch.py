@@ -12,6 +12,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from sweeps.spec import SweepSpec
+from tracking.report import write_report
 from tracking.runs import (
     code_version,
     ensure_experiment,
@@ -21,6 +22,7 @@ from tracking.runs import (
     start_sweep_run,
     ui_command,
 )
+from tracking.select import DEFAULT_EPS
 from trainables.config import run_name
 from trainables.data import load_dataset
 from trainables.evaluate import eps_name
@@ -181,6 +183,16 @@ def run_audit(
         )
 
 
+def report_sweep(spec: SweepSpec, tracking_uri: str) -> None:
+    """The sweep report on the parent run; a failed report is printed, never fatal."""
+    eps = DEFAULT_EPS if DEFAULT_EPS in spec.evaluation.eps else max(spec.evaluation.eps)
+    try:
+        paths = write_report(tracking_uri, spec.name, eps=eps)
+        print(f"satsweep: report ({', '.join(paths)}) logged to the sweep run")
+    except Exception as err:  # the trials' results are safe; the report can be redone
+        print(f"satsweep: report failed ({err}); redo it with `satsweep report {spec.name}`")
+
+
 def run_sweep(
     spec: SweepSpec, spec_text: str, tracking_uri: str, storage_path: str
 ) -> SweepOutcome:
@@ -239,6 +251,7 @@ def run_sweep(
             run_audit(spec, results, settings, client, experiment_id, parent)
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         client.set_tag(parent, "satsweep.trials_failed", str(failed))
+        report_sweep(spec, tracking_uri)
         finish_run(client, parent, "FINISHED", note="finished" if not failed else "partial")
     except BaseException:
         reconcile_trial_runs(client, experiment_id, parent, ray_status)

@@ -40,6 +40,7 @@ from trainables.evaluate import (
     run_attacks,
 )
 from trainables.masking import diagnose
+from trainables.models import export_program
 from trainables.plots import preactivation_histograms
 from trainables.train import (
     TrainState,
@@ -148,7 +149,28 @@ def final_evaluation(
     }, "robustness/per_example.json")  # fmt: skip
     figure = preactivation_histograms(state.model, x, cfg.saturation_threshold, cfg.run_name)
     client.log_figure(run_id, figure, "saturation/preactivation_histograms.png")
+    log_model(cfg, data, state, client, run_id)
     return metrics
+
+
+def log_model(
+    cfg: TrialConfig, data: Dataset, state: TrainState, client: MlflowClient, run_id: str
+) -> None:
+    """The final model as run artifacts under `model/`: an exported program, a state_dict and
+    the config that describes its input, so exporting a champion is a copy, not a rebuild."""
+    model = state.model.eval()
+    with tempfile.TemporaryDirectory() as folder:
+        torch.export.save(export_program(model, data.input_shape), Path(folder) / "model.pt2")
+        cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(cpu_state, Path(folder) / "state_dict.pt")
+        info = {
+            "dataset": cfg.dataset, "input_shape": list(data.input_shape),
+            "input_dtype": "float32", "input_range": [0.0, 1.0],
+            "num_classes": data.num_classes, "architecture": cfg.to_dict()["arch"],
+            "activation": cfg.activation, "lam": cfg.lam, "seed": cfg.seed, "run_id": run_id,
+        }  # fmt: skip
+        (Path(folder) / "config.json").write_text(json.dumps(info, indent=2))
+        client.log_artifacts(run_id, folder, "model")
 
 
 def audit_trial(

@@ -1,11 +1,15 @@
 """A real sweep: `satsweep run` on a real local Ray instance with a real SQLite MLflow store."""
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
+
+from trainables.data import load_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +140,75 @@ def test_audit_adds_square_and_autoattack_to_the_chosen_trials(finished_sweep):
         assert {"robust_acc/square/eps_0.1", "robust_acc/autoattack/eps_0.1"} <= set(m)
         others = [v for k, v in m.items() if k.startswith("robust_acc/") and "eps_0.1" in k]
         assert m["worst_case_acc/eps_0.1"] <= min(others)
+
+
+BARE_TORCH = """
+import json, sys, torch
+program = torch.export.load(sys.argv[1] + "/model.pt2").module()
+x, y = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    acc = (program(x).argmax(1) == y).float().mean().item()
+assert not {"trainables", "sweeps", "tracking", "mlflow", "ray"} & set(sys.modules)
+print(json.dumps({"acc": acc, "single": program(x[:1]).shape[0]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(finished_sweep, tmp_path_factory):
+    _, client, work = finished_sweep
+    out = tmp_path_factory.mktemp("export") / "champion"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "export", "it-sweep", "--out", str(out),
+         "--min-clean-acc", "0", "--include-flagged"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, client, done.stdout
+
+
+def test_export_writes_the_files_and_registers_the_champion(exported):
+    out, client, stdout = exported
+    assert {p.name for p in out.iterdir()} == {
+        "model.pt2",
+        "state_dict.pt",
+        "config.json",
+        "metrics.json",
+    }
+    config = json.loads((out / "config.json").read_text())
+    assert config["sweep"] == "it-sweep" and config["input_shape"] == [1, 8, 8]
+    state = torch.load(out / "state_dict.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    champion = client.get_model_version_by_alias("it-sweep", "champion")
+    assert champion.run_id == config["run_id"]
+    sweep_run = runs_by_role(client)[0][0]
+    assert sweep_run.data.tags["satsweep.selection.champion_run_id"] == config["run_id"]
+
+
+def test_exported_program_reproduces_clean_acc_with_torch_only(exported, tmp_path):
+    out, client, _ = exported
+    data = load_dataset("digits", None, False)
+    torch.save((data.x_test, data.y_test), tmp_path / "test.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", BARE_TORCH, str(out), str(tmp_path / "test.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    logged = client.get_run(json.loads((out / "config.json").read_text())["run_id"])
+    assert abs(result["acc"] - logged.data.metrics["clean_acc"]) <= 0.005
+    assert result["single"] == 1  # the batch dimension is dynamic
+
+
+def test_report_is_on_the_sweep_run(finished_sweep):
+    _, client, _ = finished_sweep
+    sweep_run = runs_by_role(client)[0][0]
+    names = {a.path for a in client.list_artifacts(sweep_run.info.run_id, "report")}
+    assert {
+        "report/robustness_vs_lambda.png",
+        "report/clean_vs_worst_case.png",
+        "report/saturation_vs_lambda.png",
+        "report/summary.md",
+    } <= names

@@ -1,0 +1,124 @@
+"""Selection on a real SQLite MLflow store holding runs with known metrics: the floor, the flag
+exclusion, the tie-break, non-finished runs, the Pareto front, and the CLI's errors."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tracking.select import (
+    SelectionError,
+    best_run_id,
+    load_candidates,
+    pareto_front,
+)
+
+# name: (clean, worst at 0.1, flagged, status tag, MLflow status)
+TRIALS = {
+    "a": (0.95, 0.30, False, "finished", "FINISHED"),
+    "b": (0.97, 0.60, True, "finished", "FINISHED"),
+    "c": (0.85, 0.70, False, "finished", "FINISHED"),
+    "d": (0.96, 0.30, False, "finished", "FINISHED"),
+    "e": (0.99, 0.90, False, "failed", "FAILED"),
+    "f": (0.98, 0.80, False, "stopped_early", "FINISHED"),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synth", artifact_location=(folder / "art").as_uri())
+    parent = client.create_run(exp, run_name="synth", tags={"satsweep.role": "sweep"})
+    ids = {}
+    for name, (clean, worst, flagged, status, mlflow_status) in TRIALS.items():
+        run = client.create_run(
+            exp,
+            run_name=name,
+            tags={
+                "satsweep.role": "trial",
+                "mlflow.parentRunId": parent.info.run_id,
+                "satsweep.status": status,
+                "masking.masking_suspected": str(flagged).lower(),
+            },
+        )
+        rid = run.info.run_id
+        for key, value in (("lam", "1.0"), ("arch.name", "mlp-8"), ("activation", "relu")):
+            client.log_param(rid, key, value)
+        for key, value in (
+            ("clean_acc", clean),
+            ("worst_case_acc/eps_0.1", worst),
+            ("robust_acc/fgsm/eps_0.1", 0.99),
+        ):
+            client.log_metric(rid, key, value, step=3)
+        client.set_terminated(rid, mlflow_status)
+        ids[name] = rid
+    client.set_terminated(parent.info.run_id)
+    return uri, ids, parent.info.run_id
+
+
+def test_default_rule_excludes_flagged_below_floor_and_unfinished_and_breaks_ties(store):
+    uri, ids, _ = store
+    assert best_run_id(uri, "synth", record=False) == ids["d"]  # d ties a on worst, wins clean
+
+
+def test_flagged_trials_count_when_asked(store):
+    uri, ids, _ = store
+    assert best_run_id(uri, "synth", include_flagged=True, record=False) == ids["b"]
+
+
+def test_the_floor_is_honoured(store):
+    uri, ids, _ = store
+    assert best_run_id(uri, "synth", min_clean_acc=0.8, record=False) == ids["c"]
+    with pytest.raises(SelectionError, match="no finished trial"):
+        best_run_id(uri, "synth", min_clean_acc=0.999, record=False)
+
+
+def test_pareto_front_of_finished_trials(store):
+    uri, ids, _ = store
+    _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
+    assert [c.run_id for c in pareto_front(candidates)] == [ids["c"], ids["b"]]
+
+
+def test_unknown_sweep_and_missing_eps_are_explained(store):
+    uri, _, _ = store
+    with pytest.raises(SelectionError, match="no sweep named 'nope'.*synth"):
+        best_run_id(uri, "nope")
+    with pytest.raises(SelectionError, match="available: eps_0.1"):
+        best_run_id(uri, "synth", eps=0.3)
+
+
+def satsweep(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_best_prints_the_table_and_records_the_rule(store):
+    uri, ids, parent = store
+    out = satsweep("best", "synth", "--tracking-uri", uri)
+    assert out.returncode == 0, out.stderr
+    assert "champion: d" in out.stdout and "Pareto front" in out.stdout
+    assert "excluded: clean < 0.9" in out.stdout and "excluded: FAILED" in out.stdout
+    tags = MlflowClient(uri).get_run(parent).data.tags
+    assert tags["satsweep.selection.champion_run_id"] == ids["d"]
+    assert tags["satsweep.selection.min_clean_acc"] == "0.9"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["best", "nope"], "no sweep named"),
+    (["export", "0123456789abcdef0123456789abcdef", "--out", "x"], "no run with id"),
+    (["best", "synth", "--eps", "3"], "--eps"),
+])  # fmt: skip
+def test_cli_errors_exit_2_without_traceback(store, args, message):
+    uri, _, _ = store
+    out = satsweep(*args, "--tracking-uri", uri)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_refuses_a_store_that_does_not_exist(tmp_path):
+    out = satsweep("best", "synth", "--tracking-uri", f"sqlite:///{tmp_path}/none.db")
+    assert out.returncode == 2 and "no MLflow store" in out.stderr
+    assert not (tmp_path / "none.db").exists()
