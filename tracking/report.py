@@ -53,10 +53,14 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
     """Robust accuracy vs λ, every attack, one panel per architecture x activation; the naive
     FGSM and the per-example worst case drawn bold."""
     groups = _groups(runs)
-    fig = Figure(figsize=(5 * len(groups), 4))
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig = Figure(figsize=(5 * cols + 1.5, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for unused in axes[len(groups) :]:
+        unused.set_visible(False)
     key = f"eps_{eps:g}"
-    for ax, ((arch, act), rs) in zip(axes, groups.items(), strict=True):
+    for ax, ((arch, act), rs) in zip(axes, groups.items(), strict=False):
         lams = [float(r.data.params["lam"]) for r in rs]
         attacks = sorted(
             {
@@ -92,7 +96,7 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{arch}, {act}, ε = {eps:g}")
         ax.set_ylabel("accuracy")
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    axes[cols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig
 
