@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where Ray keeps results and checkpoints (default: the spec's storage_path)",
     )
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a crashed or interrupted "
+        "sweep: finished trials are kept, unfinished ones resume from checkpoints",
+    )
 
     best = sub.add_parser("best", help="rank a sweep's trials by the masking-aware rule")
     best.add_argument("sweep", help="the sweep's name (its MLflow experiment)")
@@ -149,14 +155,28 @@ def cmd_run(args) -> int:
     if args.dry_run:
         _print_trials(spec)
         return 0
-    from sweeps.launch import preflight_data, run_sweep
+    from sweeps.launch import (
+        PreflightError,
+        check_storage,
+        check_tracking,
+        preflight_data,
+        run_sweep,
+    )
 
-    try:
-        preflight_data(spec)
-    except (DatasetNotFoundError, ValueError) as err:
-        return _fail(str(err))
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
-    outcome = run_sweep(spec, text, tracking_uri, args.storage_path or spec.storage_path)
+    storage_path = args.storage_path or spec.storage_path
+    try:  # everything that can be checked before Ray starts
+        preflight_data(spec)
+        check_storage(storage_path)
+        check_tracking(tracking_uri)
+    except (DatasetNotFoundError, PreflightError, ValueError) as err:
+        return _fail(str(err))
+    try:
+        outcome = run_sweep(spec, text, tracking_uri, storage_path, resume=args.resume)
+    except PreflightError as err:  # e.g. nothing to resume
+        return _fail(str(err))
+    if outcome is None:
+        return 0
     print(
         f"satsweep: sweep {spec.name!r}: {outcome.finished} trials finished, "
         f"{outcome.failed} failed; parent run {outcome.parent_run_id}"

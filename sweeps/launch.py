@@ -4,6 +4,9 @@ log, runs the Tuner, then closes any trial run that Ray stopped before the trial
 from __future__ import annotations
 
 import dataclasses
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import ray
@@ -19,10 +22,11 @@ from tracking.runs import (
     find_trial_run,
     finish_run,
     reconcile_trial_runs,
+    redact_uri,
     start_sweep_run,
     ui_command,
 )
-from tracking.select import DEFAULT_EPS
+from tracking.select import DEFAULT_EPS, SelectionError, sweep_parent_run
 from trainables.config import run_name
 from trainables.data import load_dataset
 from trainables.evaluate import eps_name
@@ -193,15 +197,97 @@ def report_sweep(spec: SweepSpec, tracking_uri: str) -> None:
         print(f"satsweep: report failed ({err}); redo it with `satsweep report {spec.name}`")
 
 
+class PreflightError(RuntimeError):
+    """Something outside the spec stops the sweep before Ray starts: phrased for people."""
+
+
+def check_storage(storage_path: str) -> None:
+    """A local storage path must be a writable folder (remote URIs are checked by Ray)."""
+    if "://" in storage_path:
+        return
+    folder = Path(storage_uri(storage_path))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".satsweep-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PreflightError(
+            f"storage path {folder} is not writable ({err.strerror}); pass "
+            "--storage-path with a folder you can write to"
+        ) from err
+
+
+def check_tracking(tracking_uri: str) -> None:
+    """The tracking store must answer: an HTTP server's /health, or a writable SQLite folder."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (OSError, urllib.error.URLError) as err:
+            raise PreflightError(
+                f"the MLflow server at {redact_uri(tracking_uri)} does not "
+                f"answer ({err}); start it (see README, 'Run on a cluster') or "
+                "fix --tracking-uri"
+            ) from err
+        raise PreflightError(f"the MLflow server at {redact_uri(tracking_uri)} is unhealthy")
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///") :]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise PreflightError(
+                f"cannot create the MLflow store in {folder}; pass "
+                "--tracking-uri sqlite:////a/writable/folder/mlflow.db"
+            )
+
+
+def experiment_path(spec: SweepSpec, storage_path: str) -> str:
+    """Where Ray keeps this sweep's experiment state (what `Tuner.restore` reads)."""
+    root = storage_uri(storage_path)
+    return f"{root.rstrip('/')}/{spec.name}" if "://" in root else str(Path(root) / spec.name)
+
+
+def open_sweep_run(
+    spec: SweepSpec, spec_text: str, client: MlflowClient, tracking_uri: str, resume: bool
+) -> tuple[str, str] | None:
+    """(experiment id, parent run id): a new parent run, or on resume the sweep's latest one,
+    reopened; None when resuming a sweep that already finished."""
+    if not resume:
+        experiment_id = ensure_experiment(client, spec.name, tracking_uri)
+        params = dataclasses.asdict(spec)
+        params["tracking_uri"] = redact_uri(params["tracking_uri"] or "")
+        return experiment_id, start_sweep_run(client, experiment_id, spec.name, spec_text, params)
+    try:
+        experiment, parent = sweep_parent_run(client, spec.name)
+    except SelectionError as err:
+        raise PreflightError(f"cannot resume: {err}") from err
+    if parent.info.status == "FINISHED":
+        return None
+    client.update_run(parent.info.run_id, status="RUNNING")
+    client.set_tag(parent.info.run_id, "satsweep.resumed", "true")
+    return experiment.experiment_id, parent.info.run_id
+
+
 def run_sweep(
-    spec: SweepSpec, spec_text: str, tracking_uri: str, storage_path: str
-) -> SweepOutcome:
-    """Run the whole grid; every MLflow run this creates ends FINISHED or FAILED."""
-    print(f"satsweep: MLflow store {tracking_uri}")
+    spec: SweepSpec, spec_text: str, tracking_uri: str, storage_path: str, resume: bool = False
+) -> SweepOutcome | None:
+    """Run the whole grid (or, with `resume`, what a crash left of it); every MLflow run this
+    creates ends FINISHED or FAILED. Returns None when asked to resume a finished sweep."""
+    path = experiment_path(spec, storage_path)
+    if resume and not tune.Tuner.can_restore(path):
+        raise PreflightError(
+            f"no sweep {spec.name!r} to resume under {path}; start it with "
+            "`satsweep run SPEC` (or give the --storage-path it used)"
+        )
+    print(f"satsweep: MLflow store {redact_uri(tracking_uri)}")
     print(f"satsweep: browse it with  {ui_command(tracking_uri)}")
     client = MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(client, spec.name, tracking_uri)
-    parent = start_sweep_run(client, experiment_id, spec.name, spec_text, dataclasses.asdict(spec))
+    opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
+    if opened is None:
+        print(f"satsweep: sweep {spec.name!r} already finished; nothing to resume")
+        return None
+    experiment_id, parent = opened
     ray_status: dict[str, str] = {}
     try:
         if not ray.is_initialized():
@@ -221,27 +307,13 @@ def run_sweep(
             },
             cpus_per_trial=spec.resources.cpus_per_trial,
         )
-        g = spec.grid
-        param_space = build_param_space(list(spec.architectures), g.activations, g.lambdas, g.seeds)
-        trainable = tune.with_parameters(run_trial, settings=settings)
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric="clean_acc",  # Tune prints the current best trial by it; ASHA ranks by it
-                mode="max",
-                scheduler=_scheduler(spec),
-                max_concurrent_trials=spec.resources.max_concurrent_trials,
-                trial_name_creator=lambda t: trial_name(t.config),
-                trial_dirname_creator=lambda t: f"{trial_name(t.config)}_{t.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=storage_uri(storage_path),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=1,
-            ),
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, settings=settings), resources
         )
+        if resume:
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        else:
+            tuner = new_tuner(spec, trainable, storage_path)
         results = tuner.fit()
         for result in results:
             if "trial_id" in result.metrics:
@@ -257,4 +329,27 @@ def run_sweep(
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         finish_run(client, parent, "FAILED", note="failed")
         raise
-    return SweepOutcome(parent, experiment_id, spec.num_trials - failed, failed)
+    return SweepOutcome(parent, experiment_id, len(results) - failed, failed)
+
+
+def new_tuner(spec: SweepSpec, trainable, storage_path: str) -> tune.Tuner:
+    g = spec.grid
+    return tune.Tuner(
+        trainable,
+        param_space=build_param_space(list(spec.architectures), g.activations, g.lambdas, g.seeds),
+        tune_config=tune.TuneConfig(
+            metric="clean_acc",  # Tune prints the current best trial by it; ASHA ranks by it
+            mode="max",
+            scheduler=_scheduler(spec),
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            trial_name_creator=lambda t: trial_name(t.config),
+            trial_dirname_creator=lambda t: f"{trial_name(t.config)}_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=storage_uri(storage_path),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            verbose=1,
+        ),
+    )

@@ -147,6 +147,7 @@ class SweepSpec:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     storage_path: str = "ray_results"
     tracking_uri: str | None = None
+    max_failures: int = 1  # retries of a crashed trial, each from its last checkpoint
 
     @property
     def architectures(self) -> dict[str, ArchConfig]:
@@ -327,6 +328,9 @@ def _check_values(spec: SweepSpec) -> None:
         "give trials at least one epoch before ASHA may stop them",
     )
     _require(
+        spec.max_failures >= 0, "max_failures", "must be >= 0", "use 0 to never retry, or e.g. 2"
+    )
+    _require(
         bool(spec.storage_path.strip()),
         "storage_path",
         "is empty",
@@ -434,7 +438,7 @@ def _check_training(t: TrainingSpec) -> None:
         "use 0 for no warm-up",
     )
     _require(
-        p.warmup_epochs <= t.epochs,
+        p.schedule != "linear" or p.warmup_epochs <= t.epochs,
         "training.penalty.warmup_epochs",
         f"is longer than training ({p.warmup_epochs} > {t.epochs} epochs)",
         "shorten the warm-up or train longer",

@@ -9,6 +9,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 ROLE_TAG = "satsweep.role"
 TRIAL_ID_TAG = "satsweep.ray_trial_id"
 STATUS_TAG = "satsweep.status"
+RESTARTS_TAG = "satsweep.restarts"  # times Ray restarted the trial (retries and resumes)
 DEFAULT_DB = "mlflow.db"  # MLflow's own default store name, in the working directory
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
@@ -45,7 +47,18 @@ def local_artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def redact_uri(uri: str) -> str:
+    """The URI without a password, for logs and params: http://user:pw@host -> http://user:***@host."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def ui_command(tracking_uri: str) -> str:
+    if not tracking_uri.startswith("sqlite:"):
+        return f"open {redact_uri(tracking_uri)} in a browser"
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
@@ -125,6 +138,17 @@ def find_trial_run(
     return runs[0].info.run_id if runs else None
 
 
+def finished_run_metrics(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, ray_trial_id: str
+) -> dict[str, float] | None:
+    """The latest metrics of the trial's run if it already ended FINISHED, else None."""
+    run_id = find_trial_run(client, experiment_id, parent_run_id, ray_trial_id)
+    if run_id is None:
+        return None
+    run = client.get_run(run_id)
+    return dict(run.data.metrics) if run.info.status == "FINISHED" else None
+
+
 def open_trial_run(
     client: MlflowClient,
     experiment_id: str,
@@ -136,7 +160,9 @@ def open_trial_run(
 ) -> str:
     """The trial's one run: reused when Ray restarts or restores the trial, created otherwise."""
     run_id = find_trial_run(client, experiment_id, parent_run_id, ray_trial_id)
-    if run_id is not None:
+    if run_id is not None:  # Ray restarted the trial (a retry after a failure, or a resume)
+        restarts = int(client.get_run(run_id).data.tags.get(RESTARTS_TAG, "0")) + 1
+        client.set_tag(run_id, RESTARTS_TAG, str(restarts))
         client.update_run(run_id, status="RUNNING")
         return run_id
     all_tags = {

@@ -10,6 +10,7 @@ Read top to bottom: set-up, one epoch of training, evaluation, the epoch loop, c
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ OPTIMIZERS = ("adam", "sgd")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or not ours."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """The epoch's loss was NaN or infinite (e.g. a huge lambda or learning rate)."""
+
+    def __init__(self, epoch: int, metrics: dict):
+        self.epoch, self.metrics = epoch, metrics
+        super().__init__(f"training diverged in epoch {epoch}: loss = {metrics['loss']}")
 
 
 @dataclass
@@ -127,10 +136,13 @@ def evaluate(cfg: TrialConfig, data: Dataset, model: SaturatingNet) -> dict:
 
 
 def train(cfg: TrialConfig, data: Dataset, state: TrainState) -> Iterator[dict]:
-    """Train from `state.epoch + 1` to `cfg.epochs`, yielding each epoch's metrics."""
+    """Train from `state.epoch + 1` to `cfg.epochs`, yielding each epoch's metrics; raises
+    TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite."""
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         metrics = {"epoch": epoch}
         metrics.update(train_one_epoch(cfg, data, state, epoch))
+        if not math.isfinite(metrics["loss"]):
+            raise TrainingDiverged(epoch, metrics)
         metrics.update(evaluate(cfg, data, state.model))
         state.epoch = epoch
         yield metrics

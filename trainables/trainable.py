@@ -23,6 +23,7 @@ from ray import tune
 
 from tracking.runs import (
     finish_run,
+    finished_run_metrics,
     log_epoch,
     log_masking_tags,
     open_trial_run,
@@ -43,6 +44,7 @@ from trainables.masking import diagnose
 from trainables.models import export_program
 from trainables.plots import preactivation_histograms
 from trainables.train import (
+    TrainingDiverged,
     TrainState,
     load_checkpoint,
     new_state,
@@ -251,6 +253,15 @@ def run_trial(config: dict, settings: dict) -> None:
     # Ray logs a line per checkpoint; with one checkpoint per epoch that drowns the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     tracking = settings["tracking"]
+    client = MlflowClient(tracking["uri"])
+    trial_id = tune.get_context().get_trial_id()
+    # Ray's experiment snapshot can lag behind a crash: a trial whose run already ended is done
+    done = finished_run_metrics(
+        client, tracking["experiment_id"], tracking["parent_run_id"], trial_id
+    )
+    if done is not None:
+        tune.report(done)
+        return
     torch.set_num_threads(max(1, int(settings["cpus_per_trial"])))
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -262,7 +273,6 @@ def run_trial(config: dict, settings: dict) -> None:
         with checkpoint.as_directory() as folder:
             load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
 
-    client = MlflowClient(tracking["uri"])
     tags = {
         "satsweep.git_commit": tracking["git_commit"],
         "satsweep.device": str(device),
@@ -272,7 +282,7 @@ def run_trial(config: dict, settings: dict) -> None:
         client,
         tracking["experiment_id"],
         tracking["parent_run_id"],
-        tune.get_context().get_trial_id(),
+        trial_id,
         cfg.run_name,
         trial_params(cfg),
         tags,
@@ -292,6 +302,11 @@ def run_trial(config: dict, settings: dict) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, state, {"mlflow_run_id": run_id})
                 tune.report(headline | metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except TrainingDiverged as err:  # a result, not a crash: keep what was logged, go on
+        log_epoch(client, run_id, {"diverged_at_epoch": err.epoch}, step=err.epoch)
+        finish_run(client, run_id, "FINISHED", note="diverged")
+        tune.report({"epoch": err.epoch, "diverged": 1.0})
+        return
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
         raise

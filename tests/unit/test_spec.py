@@ -65,6 +65,15 @@ MALFORMED = [
     ("training.penalty.reduction", "max", "training.penalty.reduction"),
     ("training.penalty.schedule", "cosine", "training.penalty.schedule"),
     ("training.penalty.warmup_epochs", 500, "training.penalty.warmup_epochs"),
+    ("training.penalty.warmup_epochs", -1, "training.penalty.warmup_epochs"),
+    ("training.checkpoint_every", 0, "training.checkpoint_every"),
+    ("max_failures", -1, "max_failures"),
+    ("evaluation.eps", [0.1, 2.0], "evaluation.eps[1]"),
+    ("evaluation.attacks", ["fgsm", "boundary"], "evaluation.attacks[1]"),
+    ("evaluation.masking.gap_threshold", 3.0, "evaluation.masking.gap_threshold"),
+    ("audit.size", 10, "audit.size"),
+    ("audit.rank_eps", 0.25, "audit.rank_eps"),
+    ("audit.attacks", ["fab"], "audit.attacks[0]"),
     ("dataset.name", "imagenet", "dataset.name"),
     ("dataset.name", "mnist", "dataset.data_dir"),
     ("dataset.download", "yes", "dataset.download"),
@@ -76,6 +85,7 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("change, value, field", MALFORMED, ids=[m[0] for m in MALFORMED])
 def test_malformed_spec_is_refused_naming_the_field(change, value, field):
     with pytest.raises(SpecError) as err:
@@ -87,6 +97,11 @@ def test_malformed_spec_is_refused_naming_the_field(change, value, field):
 def test_unknown_key_suggests_the_close_one():
     with pytest.raises(SpecError, match="did you mean `lambdas`"):
         parse_spec(with_change("grid.lamdas", [0.0]))
+
+
+def test_warmup_length_only_matters_for_the_linear_schedule():
+    spec = with_change("training", {"epochs": 3, "penalty": {"schedule": "constant"}})
+    assert parse_spec(spec).training.penalty.warmup_epochs > 3
 
 
 def test_top_level_must_be_a_mapping():
@@ -157,3 +172,37 @@ def test_cli_dry_run_prints_every_trial():
     assert out.returncode == 0
     assert f"{spec.num_trials} trials" in out.stdout
     assert "mlp-64x64_sigmoid_lam10_seed0" in out.stdout
+
+
+def test_cli_unwritable_storage_exits_2_before_ray_starts(tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(GOOD))
+    (tmp_path / "a_file").write_text("not a folder")
+    out = satsweep(
+        "run",
+        str(tmp_path / "spec.yaml"),
+        "--storage-path",
+        str(tmp_path / "a_file" / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+    )
+    assert out.returncode == 2 and "not writable" in out.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_cli_silent_tracking_server_exits_2(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(GOOD))
+    out = satsweep(
+        "run",
+        str(tmp_path / "spec.yaml"),
+        "--storage-path",
+        str(tmp_path / "r"),
+        "--tracking-uri",
+        f"http://user:secret@127.0.0.1:{port}",
+    )
+    assert out.returncode == 2 and "does not answer" in out.stderr
+    assert "secret" not in out.stderr + out.stdout  # credentials are redacted
