@@ -46,6 +46,7 @@ from trainables.plots import preactivation_histograms
 from trainables.train import (
     TrainingDiverged,
     TrainState,
+    evaluate,
     load_checkpoint,
     new_state,
     pick_device,
@@ -260,7 +261,7 @@ def run_trial(config: dict, settings: dict) -> None:
         client, tracking["experiment_id"], tracking["parent_run_id"], trial_id
     )
     if done is not None:
-        tune.report(done)
+        tune.report({"clean_acc": float("nan")} | done)  # Tune needs its metric in every report
         return
     torch.set_num_threads(max(1, int(settings["cpus_per_trial"])))
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -303,9 +304,15 @@ def run_trial(config: dict, settings: dict) -> None:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, state, {"mlflow_run_id": run_id})
                 tune.report(headline | metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     except TrainingDiverged as err:  # a result, not a crash: keep what was logged, go on
-        log_epoch(client, run_id, {"diverged_at_epoch": err.epoch}, step=err.epoch)
+        final = {
+            "epoch": err.epoch,
+            "clean_acc": evaluate(cfg, data, state.model)["clean_acc"],
+            "diverged_at_epoch": err.epoch,
+            **err.metrics,
+        }
+        log_epoch(client, run_id, final, step=err.epoch)
         finish_run(client, run_id, "FINISHED", note="diverged")
-        tune.report({"epoch": err.epoch, "diverged": 1.0})
+        tune.report(final)
         return
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
