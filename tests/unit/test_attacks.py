@@ -179,3 +179,17 @@ def test_early_exit_saves_work_without_changing_the_result(relu_net, eval_points
     fast = accuracy(relu_net, pgd_ce(relu_net, x, y, 0.1, steps=20), x, y)
     slow = accuracy(relu_net, pgd_ce(relu_net, x, y, 0.1, steps=20, early_exit=False), x, y)
     assert fast == pytest.approx(slow, abs=0.01)
+
+
+def test_stabilisation_gap_catches_naive_attacks_that_only_adaptive_ones_expose():
+    # the saturated-sigmoid pattern of shared/method.md section 4: FGSM in float32 and float64
+    # agree, no gradient is exactly zero, yet APGD leaves far fewer points than PGD-CE
+    from trainables.masking import diagnose
+
+    saturated = {("fgsm", 0.1): 0.55, ("fgsm_stable", 0.1): 0.55, ("pgd_ce", 0.1): 0.18,
+                 ("pgd_margin", 0.1): 0.27, ("apgd_t", 0.1): 0.07}  # fmt: skip
+    normal = {("fgsm", 0.1): 0.13, ("fgsm_stable", 0.1): 0.06, ("pgd_ce", 0.1): 0.010,
+              ("pgd_margin", 0.1): 0.012, ("apgd_t", 0.1): 0.003}  # fmt: skip
+    ecfg = make_eval(eps=(0.1,))
+    assert diagnose(saturated, 0.0, 0.0, ecfg)["stabilisation_gap"] == (pytest.approx(0.11), True)
+    assert diagnose(normal, 0.0, 0.0, ecfg)["stabilisation_gap"][1] is False
