@@ -4,11 +4,12 @@ one readable message; a sweep whose trials failed exits with 1."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from sweeps.spec import SpecError, load_spec
-from tracking.runs import resolve_tracking_uri
+from tracking.runs import DEFAULT_DB, absolute_uri, resolve_tracking_uri
 from tracking.select import (
     DEFAULT_EPS,
     DEFAULT_MIN_CLEAN_ACC,
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         help="where Ray keeps results and checkpoints (default: the spec's storage_path)",
     )
     run.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    run.add_argument(
+        "--address",
+        help="Ray cluster to run on: auto, or ray://HOST:10001 "
+        "(default: RAY_ADDRESS, else a new local Ray instance)",
+    )
     run.add_argument(
         "--resume",
         action="store_true",
@@ -79,6 +85,29 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="new or empty folder")
     _store_flag(export)
     _rule_flags(export)
+
+    server = sub.add_parser(
+        "server",
+        help="run an MLflow tracking server for a cluster: SQL "
+        "backend, proxied artifacts (workers need no storage credentials)",
+    )
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1; 0.0.0.0 only behind a "
+        "firewall: the server has no authentication)",
+    )
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument(
+        "--backend-store-uri",
+        default=f"sqlite:///{DEFAULT_DB}",
+        help="SQL store for runs (default ./mlflow.db, made absolute)",
+    )
+    server.add_argument(
+        "--artifacts-destination",
+        default="mlartifacts",
+        help="where the server stores artifacts (a folder, s3://, gs://)",
+    )
 
     report = sub.add_parser("report", help="log the sweep report to its parent run")
     report.add_argument("sweep")
@@ -172,9 +201,13 @@ def cmd_run(args) -> int:
     except (DatasetNotFoundError, PreflightError, ValueError) as err:
         return _fail(str(err))
     try:
-        outcome = run_sweep(spec, text, tracking_uri, storage_path, resume=args.resume)
-    except PreflightError as err:  # e.g. nothing to resume
+        outcome = run_sweep(
+            spec, text, tracking_uri, storage_path, resume=args.resume, address=args.address
+        )
+    except PreflightError as err:  # e.g. nothing to resume, node-local storage on a cluster
         return _fail(str(err))
+    except ConnectionError as err:
+        return _fail(f"cannot reach the Ray cluster at {args.address or 'RAY_ADDRESS'}: {err}")
     if outcome is None:
         return 0
     print(
@@ -265,6 +298,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def server_command(args) -> list[str]:
+    store = absolute_uri(args.backend_store_uri)
+    dest = args.artifacts_destination
+    dest = dest if "://" in dest else str(Path(dest).resolve())
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+            "--artifacts-destination", dest, "--serve-artifacts", "--host", args.host,
+            "--port", str(args.port), "--workers", "1"]  # fmt: skip
+
+
+def cmd_server(args) -> int:
+    command = server_command(args)
+    print(
+        f"satsweep: MLflow server on http://{args.host}:{args.port}; trials log to it with "
+        f"--tracking-uri http://<this host>:{args.port}"
+    )
+    os.execv(command[0], command)  # replaces this process: Ctrl-C stops the server
+
+
 def cmd_report(args) -> int:
     from tracking.report import write_report
 
@@ -275,7 +326,13 @@ def cmd_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = {"run": cmd_run, "best": cmd_best, "export": cmd_export, "report": cmd_report}
+    command = {
+        "run": cmd_run,
+        "best": cmd_best,
+        "export": cmd_export,
+        "report": cmd_report,
+        "server": cmd_server,
+    }
     try:
         return command[args.command](args)
     except SelectionError as err:

@@ -242,6 +242,61 @@ def check_tracking(tracking_uri: str) -> None:
             )
 
 
+NETWORK_FILESYSTEMS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "ceph",
+    "glusterfs",
+    "fuse.",
+)  # fuse.* covers s3fs, gcsfuse, ...
+
+
+def on_network_filesystem(path: Path) -> bool:
+    """Whether the mount holding `path` is a network filesystem (from /proc/mounts)."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return False
+    best = max(
+        (m for m in mounts if str(path).startswith(m[1])), key=lambda m: len(m[1]), default=None
+    )
+    return best is not None and best[2].startswith(NETWORK_FILESYSTEMS)
+
+
+def check_shared_storage(storage_path: str) -> None:
+    """On a cluster spanning several hosts, trials checkpoint from every node: a node-local
+    folder would scatter checkpoints where resume and export cannot find them."""
+    if "://" in storage_path:
+        return
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    path = Path(storage_uri(storage_path))
+    if len(hosts) > 1 and not on_network_filesystem(path):
+        raise PreflightError(
+            f"storage path {path} is local to this machine, but the Ray cluster spans "
+            f"{len(hosts)} hosts; use shared storage: --storage-path s3://bucket/sweeps, "
+            "gs://bucket/sweeps, or a folder on NFS mounted at the same path on every node"
+        )
+
+
+def connect_ray(address: str | None) -> None:
+    """Connect to a cluster (`auto`, `ray://host:port`, or RAY_ADDRESS), else start a local
+    instance without its dashboard (faster on small machines; nothing listens beyond Ray's own
+    ports)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+
+
 def experiment_path(spec: SweepSpec, storage_path: str) -> str:
     """Where Ray keeps this sweep's experiment state (what `Tuner.restore` reads)."""
     root = storage_uri(storage_path)
@@ -270,10 +325,17 @@ def open_sweep_run(
 
 
 def run_sweep(
-    spec: SweepSpec, spec_text: str, tracking_uri: str, storage_path: str, resume: bool = False
+    spec: SweepSpec,
+    spec_text: str,
+    tracking_uri: str,
+    storage_path: str,
+    resume: bool = False,
+    address: str | None = None,
 ) -> SweepOutcome | None:
     """Run the whole grid (or, with `resume`, what a crash left of it); every MLflow run this
     creates ends FINISHED or FAILED. Returns None when asked to resume a finished sweep."""
+    connect_ray(address)
+    check_shared_storage(storage_path)
     path = experiment_path(spec, storage_path)
     if resume and not tune.Tuner.can_restore(path):
         raise PreflightError(
@@ -290,8 +352,6 @@ def run_sweep(
     experiment_id, parent = opened
     ray_status: dict[str, str] = {}
     try:
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False)
         resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
         settings = trial_settings(
             fixed=fixed_settings(spec),

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -277,6 +278,7 @@ def run_trial(config: dict, settings: dict) -> None:
     tags = {
         "satsweep.git_commit": tracking["git_commit"],
         "satsweep.device": str(device),
+        "satsweep.ray_node_id": ray.get_runtime_context().get_node_id(),
         **version_tags(),
     }
     run_id = open_trial_run(
