@@ -59,21 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     best = sub.add_parser("best", help="rank a sweep's trials by the masking-aware rule")
     best.add_argument("sweep", help="the sweep's name (its MLflow experiment)")
     _store_flag(best)
-    best.add_argument(
-        "--eps",
-        type=float,
-        default=DEFAULT_EPS,
-        help=f"budget whose worst case is maximised (default {DEFAULT_EPS:g})",
-    )
-    best.add_argument(
-        "--min-clean-acc",
-        type=float,
-        default=DEFAULT_MIN_CLEAN_ACC,
-        help=f"clean accuracy floor (default {DEFAULT_MIN_CLEAN_ACC:g})",
-    )
-    best.add_argument(
-        "--include-flagged", action="store_true", help="also consider trials with masking suspected"
-    )
+    _rule_flags(best)
     best.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
 
     export = sub.add_parser("export", help="export the champion (or a given trial) to a folder")
