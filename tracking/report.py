@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -70,12 +71,13 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
                 if k.startswith("robust_acc/") and k.endswith("/" + key)
             }
         )
-        for attack in attacks:
+        for i, attack in enumerate(attacks):
             ys = [r.data.metrics.get(f"robust_acc/{attack}/{key}") for r in rs]
             bold = attack == NAIVE
             ax.plot(
                 lams,
                 ys,
+                color="#d62728" if bold else colormaps["tab20"](i % 20),
                 marker="o",
                 lw=2.5 if bold else 1,
                 alpha=1 if bold else 0.6,
