@@ -26,7 +26,7 @@ from tracking.runs import (
     start_sweep_run,
     ui_command,
 )
-from tracking.select import DEFAULT_EPS, SelectionError, sweep_parent_run
+from tracking.select import DEFAULT_EPS, DEFAULT_MIN_CLEAN_ACC, SelectionError, sweep_parent_run
 from trainables.config import run_name
 from trainables.data import load_dataset
 from trainables.evaluate import eps_name
@@ -136,14 +136,23 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
+def rank_eps(spec: SweepSpec) -> float:
+    """The budget that ranks trials: audit.rank_eps, else selection's default if evaluated,
+    else the largest evaluated budget."""
+    if spec.audit.rank_eps is not None:
+        return spec.audit.rank_eps
+    return DEFAULT_EPS if DEFAULT_EPS in spec.evaluation.eps else max(spec.evaluation.eps)
+
+
 def audit_candidates(spec: SweepSpec, results) -> list:
-    """The top-k finished trials by worst case at the ranking eps, plus every flagged one."""
-    rank_eps = spec.audit.rank_eps or max(spec.evaluation.eps)
-    key = f"worst_case_acc/{eps_name(rank_eps)}"
-    finished = [
-        r for r in results if r.error is None and r.checkpoint is not None and key in r.metrics
-    ]
-    top = sorted(finished, key=lambda r: r.metrics[key], reverse=True)[: spec.audit.top_k]
+    """The top-k finished trials by worst case at the ranking eps among those that clear the
+    selection floor (a collapsed, constant classifier keeps its class share "robustly" and must
+    not crowd out real candidates), plus every flagged trial."""
+    key = f"worst_case_acc/{eps_name(rank_eps(spec))}"
+    finished = [r for r in results if r.error is None and r.checkpoint is not None
+                and key in r.metrics]  # fmt: skip
+    accurate = [r for r in finished if r.metrics.get("clean_acc", 0) >= DEFAULT_MIN_CLEAN_ACC]
+    top = sorted(accurate, key=lambda r: r.metrics[key], reverse=True)[: spec.audit.top_k]
     flagged = [r for r in finished if r.metrics.get("masking/masking_suspected") == 1.0]
     return list({r.metrics["trial_id"]: r for r in top + flagged}.values())
 
@@ -189,9 +198,8 @@ def run_audit(
 
 def report_sweep(spec: SweepSpec, tracking_uri: str) -> None:
     """The sweep report on the parent run; a failed report is printed, never fatal."""
-    eps = DEFAULT_EPS if DEFAULT_EPS in spec.evaluation.eps else max(spec.evaluation.eps)
     try:
-        paths = write_report(tracking_uri, spec.name, eps=eps)
+        paths = write_report(tracking_uri, spec.name, eps=rank_eps(spec))
         print(f"satsweep: report ({', '.join(paths)}) logged to the sweep run")
     except Exception as err:  # the trials' results are safe; the report can be redone
         print(f"satsweep: report failed ({err}); redo it with `satsweep report {spec.name}`")

@@ -115,7 +115,7 @@ class AuditSpec:
 
     enabled: bool = True
     top_k: int = 2
-    rank_eps: float | None = None  # eps whose worst case ranks the top k (default: largest)
+    rank_eps: float | None = None  # ranks the top k (default: 0.1 if evaluated, else the largest)
     size: int = 1000  # audit set: a superset of the evaluation subset
     eps: list[float] | None = None  # default: evaluation.eps
     attacks: list[str] = field(default_factory=lambda: list(AUDIT_ATTACKS))

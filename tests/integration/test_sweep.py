@@ -13,7 +13,7 @@ from trainables.data import load_dataset
 
 pytestmark = pytest.mark.integration
 
-EPOCHS = 3
+EPOCHS = 5
 SPEC = {
     "name": "it-sweep",
     "grid": {
@@ -26,7 +26,8 @@ SPEC = {
     },
     "training": {
         "epochs": EPOCHS,
-        "batch_size": 64,
+        "batch_size": 32,
+        "optimizer": {"lr": 3.0e-3},
         "penalty": {"schedule": "linear", "warmup_epochs": 2},
     },
     "evaluation": {
@@ -89,7 +90,7 @@ def test_every_trial_logs_clean_acc_per_epoch(finished_sweep):
         lam = sorted(
             client.get_metric_history(t.info.run_id, "effective_lambda"), key=lambda m: m.step
         )
-        assert [m.value for m in lam] == pytest.approx([0.25, 0.5, 0.5])
+        assert [m.value for m in lam] == pytest.approx([0.25, 0.5, 0.5, 0.5, 0.5])
 
 
 def test_trial_runs_carry_params_and_provenance(finished_sweep):
