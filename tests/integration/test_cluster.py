@@ -86,7 +86,8 @@ def test_sweep_on_two_nodes_logs_everything_through_the_server(
         "name": "cluster-sweep",
         "grid": {"architectures": [{"kind": "mlp", "hidden": [32]}],
                  "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
-        "training": {"epochs": 3, "penalty": {"schedule": "constant"}},
+        "training": {"epochs": 5, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
+                     "penalty": {"schedule": "constant"}},
         "evaluation": {"size": 50, "eps": [0.1], "attacks": ["fgsm", "pgd_ce"], "pgd_steps": 5},
         "audit": {"top_k": 1, "size": 60, "square_queries": 20, "attacks": ["square"]},
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
@@ -106,7 +107,7 @@ def test_sweep_on_two_nodes_logs_everything_through_the_server(
     assert len({t.data.tags["satsweep.ray_node_id"] for t in trials}) == 2  # both nodes
     for t in trials:
         steps = [m.step for m in client.get_metric_history(t.info.run_id, "clean_acc")]
-        assert sorted(steps) == [1, 2, 3]
+        assert sorted(steps) == [1, 2, 3, 4, 5]
         artifacts = {a.path for a in client.list_artifacts(t.info.run_id, "model")}
         assert {"model/model.pt2", "model/state_dict.pt", "model/config.json"} <= artifacts
     assert any(t.data.tags.get("satsweep.audited") == "true" for t in trials)
