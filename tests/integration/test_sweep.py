@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from trainables.data import load_dataset
+from trainables.diagnostics import SIGMOID_FLOAT32_FLAT
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +100,7 @@ def test_trial_runs_carry_params_and_provenance(finished_sweep):
     params, tags = trials[0].data.params, trials[0].data.tags
     assert params["dtype"] == "float32" and params["penalty_reduction"] == "mean"
     assert params["lambda_schedule"] == "linear" and params["saturation_threshold"] == "5.0"
-    assert params["saturation_float32_flat_threshold"] == "16.6"
+    assert params["saturation_float32_flat_threshold"] == str(SIGMOID_FLOAT32_FLAT)
     assert tags["satsweep.ray_trial_id"] and tags["satsweep.version.torch"]
     assert len(tags["satsweep.git_commit"]) in (40, len("unknown"))
     spec_file = client.download_artifacts(sweeps[0].info.run_id, "spec.yaml")

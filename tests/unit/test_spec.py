@@ -8,7 +8,15 @@ import sys
 import pytest
 import yaml
 
-from sweeps.spec import SpecError, load_spec, parse_spec
+from sweeps.spec import (
+    DatasetSpec,
+    GridSpec,
+    SchedulerSpec,
+    SpecError,
+    TrainingSpec,
+    load_spec,
+    parse_spec,
+)
 from tests.conftest import REPO
 
 GOOD = {
@@ -111,8 +119,8 @@ def test_top_level_must_be_a_mapping():
 
 def test_defaults_fill_what_the_spec_leaves_out():
     spec = parse_spec(GOOD)
-    assert spec.dataset.name == "digits" and spec.grid.seeds == [0]
-    assert spec.training.penalty.reduction == "mean" and spec.scheduler.name == "fifo"
+    assert spec.dataset == DatasetSpec() and spec.training == TrainingSpec()
+    assert spec.scheduler == SchedulerSpec() and spec.grid.seeds == GridSpec([], [], []).seeds
     assert spec.num_trials == 2
     assert isinstance(spec.grid.lambdas[1], float)
 

@@ -42,22 +42,21 @@ def pgd(
     step_size: float | None = None,
     restarts: int = 1,
     seed: int = 0,
-    score_model: nn.Module | None = None,
     early_exit: bool = True,
 ) -> torch.Tensor:
     """PGD with a uniform random start, `restarts` restarts and best-iterate tracking.
 
     Early exit: only points that are still classified correctly are attacked, and a point
-    leaves the active set as soon as an iterate fools `score_model` (default: `model`); the
-    rest keep their highest-loss iterate. `step_size` defaults to 2.5 * eps / steps.
-    `early_exit=False` keeps stepping fooled points too (same result, more work: a benchmark).
+    leaves the active set as soon as an iterate fools `model`; the rest keep their
+    highest-loss iterate. `step_size` defaults to 2.5 * eps / steps. `early_exit=False` keeps
+    stepping fooled points too (same result, more work: a benchmark). One forward pass per
+    iterate both scores it and gives the gradient of the next step.
     """
-    score_model = score_model or model
     alpha = step_size if step_size is not None else 2.5 * eps / steps
     generator = torch.Generator(device=x.device).manual_seed(seed)
     x_best = x.clone()
     best_loss = torch.full((len(x),), float("-inf"), device=x.device)
-    done = _fooled(score_model, x, y)
+    done = _fooled(model, x, y)
     for _ in range(restarts):
         active = (~done).nonzero().squeeze(1)
         if len(active) == 0:
@@ -65,24 +64,22 @@ def pgd(
         x0, y0 = x[active], y[active]
         start = torch.rand(x0.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = project(x0 + (2 * start - 1) * eps, x0, eps)
-        for _ in range(steps):
-            grad = input_gradient(model, x_adv, y0, loss)
-            x_adv = project(x_adv + alpha * grad.sign(), x0, eps)
-            with torch.no_grad():
-                logits = score_model(x_adv)
-                current = LOSSES[loss](logits, y0)
-                fooled = logits.argmax(1) != y0
-            open_ = ~done[active]  # a fooled point keeps the iterate that fooled it
-            better = open_ & ((current > best_loss[active]) | fooled)
-            x_best[active[better]] = x_adv[better]
+        for step in range(steps + 1):
+            x_adv = x_adv.detach().requires_grad_(step < steps)
+            losses = LOSSES[loss](logits := model(x_adv), y0)
+            current, fooled = losses.detach(), logits.detach().argmax(1) != y0
+            better = ~done[active] & ((current > best_loss[active]) | fooled)
+            x_best[active[better]] = x_adv.detach()[better]  # a fooled point keeps its iterate
             best_loss[active[better]] = current[better]
             done[active[fooled]] = True
-            if not early_exit:
-                continue
-            keep = ~fooled
-            active, x_adv, x0, y0 = active[keep], x_adv[keep], x0[keep], y0[keep]
+            if step == steps:
+                break
+            (grad,) = torch.autograd.grad(losses.sum(), x_adv)  # `sum`: per-example gradients
+            keep = ~fooled if early_exit else torch.ones_like(fooled)
+            active, x0, y0 = active[keep], x0[keep], y0[keep]
             if len(active) == 0:
                 break
+            x_adv = project(x_adv.detach()[keep] + alpha * grad[keep].sign(), x0, eps)
     return x_best
 
 
@@ -133,10 +130,11 @@ def pgd_bpda(
 ) -> torch.Tensor:
     """PGD on the margin through a copy of the model whose hidden nonlinearities keep their exact
     forward but back-propagate a softened slope (temperature T): the adaptive attack against
-    hidden-unit saturation. Iterates are scored on the unmodified model."""
+    hidden-unit saturation. The surrogate's forward is exact, so scoring iterates on it is
+    scoring them on the model."""
     if not hasattr(model, "act") or not hasattr(model, "activation"):
         raise TypeError("pgd_bpda needs a satsweep model (attributes `act` and `activation`)")
     surrogate = copy.deepcopy(model)
     kind = model.activation
     surrogate.act = lambda h: _SurrogateActivation.apply(h, kind, temperature)
-    return pgd(surrogate, x, y, eps, loss="margin", score_model=model, **opts)
+    return pgd(surrogate, x, y, eps, loss="margin", **opts)
