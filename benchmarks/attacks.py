@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 
 import torch
@@ -26,13 +25,15 @@ STEPS = 100
 def _trained_model(device):
     """The paper's MLP, relu, briefly trained without penalty: a model attacks can break."""
     dataset, data_dir = ("mnist", str(MNIST10K)) if MNIST10K.exists() else ("digits", None)
-    cfg = dataclasses.replace(_config(dataset, data_dir), activation="relu", lam=0.0, epochs=3)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).to(device)
+    cfg = _config(dataset, data_dir, activation="relu", lam=0.0)
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 3})})
+    d = cfg.dataset
+    data = load_dataset(d.name, d.data_dir, d.download).to(device)
     state = new_state(cfg, data, device)
     for _ in train(cfg, data, state):
         pass
     idx = eval_indices(len(data.y_test), 1000, 0).to(device)
-    return state.model.eval(), data.x_test[idx], data.y_test[idx], cfg.dataset
+    return state.model.eval(), data.x_test[idx], data.y_test[idx], d.name
 
 
 def run(repeats: int = 3) -> list[dict]:

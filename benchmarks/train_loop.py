@@ -13,37 +13,36 @@ from __future__ import annotations
 
 import copy
 import statistics
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import median_seconds, result
-from trainables.config import TrialConfig
-from trainables.data import load_dataset
-from trainables.models import ArchConfig
+from trainables.data import MNIST_ROOT_ENV, default_mnist_root, load_dataset
+from trainables.settings import ArchitectureSettings, SweepSettings, TrialSettings
 from trainables.train import evaluate, new_state, pick_device, train_one_epoch
 
-MNIST10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist10k"
+MNIST10K = default_mnist_root()  # $SATSWEEP_MNIST_ROOT, else data/mnist in the checkout
 
 
-def _config(dataset: str, data_dir: str | None) -> TrialConfig:
-    # the paper's model and recipe (shared/method.md section 4), penalty switched on
-    return TrialConfig(
-        dataset=dataset, data_dir=data_dir, download=False,
-        arch=ArchConfig("mlp", (200, 200)), activation="sigmoid", lam=30.0, seed=0,
-        epochs=1, batch_size=100, optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0,
-        penalty_reduction="mean", lambda_schedule="constant", warmup_epochs=0,
-        saturation_threshold=5.0, eval_batch_size=1000, checkpoint_every=1,
-        evaluation=None,
-    )  # fmt: skip
+def _config(dataset: str, data_dir: str | None, **point) -> TrialSettings:
+    """The paper's model and recipe (docs/method.md, section 4), penalty switched on."""
+    shared = SweepSettings.model_validate({
+        "dataset": {"name": dataset, "data_dir": data_dir},
+        "training": {"epochs": 1, "batch_size": 100, "optimizer": {"lr": 1.0e-3},
+                     "penalty": {"schedule": "constant", "warmup_epochs": 0}},
+    })  # fmt: skip
+    point = {"activation": "sigmoid", "lam": 30.0, "seed": 0} | point
+    arch = ArchitectureSettings(kind="mlp", hidden=[200, 200])
+    return TrialSettings.at(shared, arch=arch, **point)
 
 
-def _bare_epoch(model, opt, x, y, cfg: TrialConfig, penalised: bool) -> None:
+def _bare_epoch(model, opt, x, y, cfg: TrialSettings, penalised: bool) -> None:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + 1))
     order = order.to(x.device)
-    for start in range(0, len(y), cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
+    batch = cfg.training.batch_size
+    for start in range(0, len(y), batch):
+        idx = order[start : start + batch]
         logits, preacts = model.forward_with_preactivations(x[idx])
         loss = F.cross_entropy(logits, y[idx])
         if penalised:  # sigmoid psi, mean over units, written out by hand
@@ -67,11 +66,15 @@ def _samples_per_second(fns: dict, n: int, repeats: int) -> dict[str, float]:
 
 def run(repeats: int = 9) -> list[dict]:
     cfg = _config("mnist", str(MNIST10K)) if MNIST10K.exists() else _config("digits", None)
+    if not MNIST10K.exists():
+        print(f"no MNIST root at {MNIST10K} (set {MNIST_ROOT_ENV}): benchmarking on digits")
     device = pick_device()
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download).to(device)
+    d = cfg.dataset
+    data = load_dataset(d.name, d.data_dir, d.download).to(device)
     ours = new_state(cfg, data, device)
     models = {name: copy.deepcopy(ours.model) for name in ("bare", "bare_ce")}
-    opts = {name: torch.optim.Adam(m.parameters(), lr=cfg.lr) for name, m in models.items()}
+    lr = cfg.training.optimizer.lr
+    opts = {name: torch.optim.Adam(m.parameters(), lr=lr) for name, m in models.items()}
     x, y = data.x_train, data.y_train
     rates = _samples_per_second(
         {
@@ -86,7 +89,7 @@ def run(repeats: int = 9) -> list[dict]:
         n=len(y),
         repeats=repeats,
     )
-    tag = f"{cfg.dataset} mlp-200x200 sigmoid lambda {cfg.lam:g}, batch {cfg.batch_size}"
+    tag = f"{d.name} mlp-200x200 sigmoid lambda {cfg.lam:g}, batch {cfg.training.batch_size}"
     return [
         result(f"train_loop ({tag})", rates["ours"], "samples/s", rates["bare"]),
         result(f"train_loop+eval ({tag})", rates["ours+eval"], "samples/s", rates["bare"]),

@@ -21,6 +21,7 @@ from tracking.select import (
     record_selection,
     select_best,
 )
+from tracking.sweep_run import SweepNotFound
 from trainables.data import DatasetNotFoundError
 
 USAGE_ERROR = 2
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     _store_flag(best)
     _rule_flags(best)
     best.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    best.add_argument(
+        "--record",
+        action="store_true",
+        help="write the rule, its inputs and the champion to the sweep run's tags "
+        "(satsweep.selection.*); without it `best` only reads",
+    )
 
     export = sub.add_parser("export", help="export the champion (or a given trial) to a folder")
     export.add_argument(
@@ -69,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a sweep name (its champion by the rule) or a trial's run id",
     )
     export.add_argument("--out", required=True, type=Path, help="new or empty folder")
+    export.add_argument(
+        "--champion",
+        action="store_true",
+        help="with a run id: also point the registry alias 'champion' at it (a sweep name "
+        "always does: its run is the champion by the rule)",
+    )
     _store_flag(export)
     _rule_flags(export)
 
@@ -149,14 +162,14 @@ def _fail(message: str) -> int:
 
 
 def _print_trials(spec) -> None:
-    from sweeps.launch import trial_rows
+    from sweeps.grid import grid_points, trial_name
 
-    rows = trial_rows(spec)
-    width = max(len(r["run_name"]) for r in rows)
+    rows = grid_points(spec)
+    width = max(len(trial_name(r)) for r in rows)
     print(f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} {'seed':>4}")
     for r in rows:
         print(
-            f"{r['run_name']:<{width}}  {r['arch']:<18} {r['activation']:<10} "
+            f"{trial_name(r):<{width}}  {r['arch']:<18} {r['activation']:<10} "
             f"{r['lam']:>8g} {r['seed']:>4}"
         )
     print(f"{len(rows)} trials, {spec.training.epochs} epochs each, dataset {spec.dataset.name}")
@@ -170,20 +183,13 @@ def cmd_run(args) -> int:
     if args.dry_run:
         _print_trials(spec)
         return 0
-    from sweeps.launch import (
-        PreflightError,
-        check_storage,
-        check_tracking,
-        preflight_data,
-        run_sweep,
-    )
+    from sweeps.launch import run_sweep
+    from sweeps.preflight import PreflightError, check_before_ray
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     storage_path = args.storage_path or spec.storage_path
-    try:  # everything that can be checked before Ray starts
-        preflight_data(spec)
-        check_storage(storage_path)
-        check_tracking(tracking_uri)
+    try:
+        check_before_ray(spec, storage_path, tracking_uri)
     except (DatasetNotFoundError, PreflightError, ValueError) as err:
         return _fail(str(err))
     try:
@@ -217,7 +223,6 @@ def cmd_best(args) -> int:
     client = MlflowClient(uri)
     parent, candidates = load_candidates(client, args.sweep, args.eps)
     chosen = select_best(candidates, args.min_clean_acc, args.include_flagged)
-    record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
     pool = {c.run_id for c in eligible(candidates, args.min_clean_acc, args.include_flagged)}
     ranked = sorted(
         candidates, key=lambda c: (c.run_id in pool, c.worst or -1, c.clean), reverse=True
@@ -246,6 +251,9 @@ def cmd_best(args) -> int:
             f"  clean {c.clean:.3f}  worst {_fmt(c.worst)}  {c.run_name}"
             + ("  [masking suspected]" if c.flagged else "")
         )
+    if args.record:
+        record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
+        print(f"recorded this selection on the sweep run {parent} (tags satsweep.selection.*)")
     return 0
 
 
@@ -270,14 +278,14 @@ def cmd_export(args) -> int:
         eps=args.eps,
         min_clean_acc=args.min_clean_acc,
         include_flagged=args.include_flagged,
+        champion=args.champion,
     )
     print(
         f"exported {info['run_name']} (run {info['run_id']}) to {info['out']}: "
         "model.pt2, state_dict.pt, config.json, metrics.json"
     )
-    print(
-        f"registered model {info['registered_model']!r} version {info['version']}, alias 'champion'"
-    )
+    alias = ", alias 'champion'" if info["champion"] else " (alias 'champion' unchanged)"
+    print(f"registered model {info['registered_model']!r} version {info['version']}{alias}")
     print(
         f"load it anywhere with torch only: torch.export.load('{info['out']}/model.pt2').module()"
     )
@@ -321,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return command[args.command](args)
-    except SelectionError as err:
+    except (SelectionError, SweepNotFound) as err:
         return _fail(str(err))
 
 

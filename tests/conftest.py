@@ -1,44 +1,60 @@
-"""Shared fixtures: a complete TrialConfig for tiny, fast runs, and where the MNIST subset lives."""
+"""Shared fixtures: complete trial settings for tiny, fast runs, and where the MNIST subset lives.
+
+The MNIST tests read an offline torchvision root: $SATSWEEP_MNIST_ROOT, else `data/mnist` in
+the checkout (docs/data.md); they skip where it is absent.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from pathlib import Path
 
 import pytest
 
-from trainables.config import EvalConfig, TrialConfig
-from trainables.models import ArchConfig
+from trainables.data import default_mnist_root
+from trainables.settings import ArchitectureSettings, SweepSettings, TrialSettings
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST10K = REPO.parent / "shared" / "data" / "mnist10k"
+MNIST10K = default_mnist_root()
+
+# small but complete: tests override what they exercise
+TEST_SECTIONS = {
+    "training": {
+        "epochs": 3, "batch_size": 64, "eval_batch_size": 256, "optimizer": {"lr": 3.0e-3},
+        "penalty": {"schedule": "constant", "warmup_epochs": 0},
+    },
+    "evaluation": {"size": 200, "pgd_steps": 20, "apgd_iterations": 20, "noise_draws": 20},
+    "audit": {"square_queries": 500},
+}  # fmt: skip
 
 
-def make_eval(**overrides) -> EvalConfig:
-    """A small but complete evaluation config; tests override what they exercise."""
-    base = EvalConfig(
-        size=200, seed=0, eps=(0.05, 0.1, 0.2, 0.3), unbounded_eps=1.0,
-        attacks=("fgsm", "fgsm_stable", "pgd_ce", "pgd_margin", "pgd_bpda", "apgd_ce", "apgd_t",
-                 "transfer", "noise"),
-        pgd_steps=20, pgd_restarts=1, pgd_step_factor=2.5, apgd_iterations=20, noise_draws=20,
-        bpda_temperature=4.0, square_queries=500, every_epochs=0, zero_grad_threshold=0.05,
-        gap_threshold=0.1,
-        tolerance=0.02, unbounded_threshold=0.05,
-    )  # fmt: skip
-    return dataclasses.replace(base, **overrides)
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
-def make_cfg(**overrides) -> TrialConfig:
-    """A full trial config for a small digits MLP; tests override what they exercise."""
-    base = TrialConfig(
-        dataset="digits", data_dir=None, download=False,
-        arch=ArchConfig("mlp", (32,)), activation="relu", lam=0.0, seed=0,
-        epochs=3, batch_size=64, optimizer="adam", lr=3e-3, momentum=0.0, weight_decay=0.0,
-        penalty_reduction="mean", lambda_schedule="constant", warmup_epochs=0,
-        saturation_threshold=5.0, eval_batch_size=256, checkpoint_every=1,
-        evaluation=make_eval(),
-    )  # fmt: skip
-    return dataclasses.replace(base, **overrides)
+def make_cfg(
+    arch: dict | None = None,
+    activation: str = "relu",
+    lam: float = 0.0,
+    seed: int = 0,
+    **sections: dict,
+) -> TrialSettings:
+    """Trial settings for a small digits MLP; `training={...}`, `evaluation={...}` etc. are
+    merged into the test defaults, key by key."""
+    shared = SweepSettings.model_validate(_merge(TEST_SECTIONS, sections))
+    return TrialSettings.at(
+        shared,
+        arch=ArchitectureSettings(**(arch or {"kind": "mlp", "hidden": [32]})),
+        activation=activation,
+        lam=lam,
+        seed=seed,
+    )
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Export a trial's model: copy the artifacts the trial logged under `model/` (an exported
-program, a state_dict, its config), add its metrics, and register it as the sweep's champion.
+program, a state_dict, its config), add its metrics, and register a model version. The registry
+alias `champion` moves only onto the sweep's champion by the rule, or where the caller asks.
 No model class is needed: the trial already wrote everything."""
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def resolve_run(
     client: MlflowClient, tracking_uri: str, sweep_or_run: str, rule: dict
-) -> tuple[str, str]:
-    """(run id, sweep name) for a trial run id, or for a sweep name via the selection rule
-    (`rule`: keyword arguments of `best_run_id`)."""
+) -> tuple[str, str, bool]:
+    """(run id, sweep name, chosen by the rule) for a trial run id, or for a sweep name via the
+    selection rule (`rule`: keyword arguments of `best_run_id`)."""
     if _RUN_ID.match(sweep_or_run):
         try:
             run = client.get_run(sweep_or_run)
@@ -35,15 +36,18 @@ def resolve_run(
             raise SelectionError(
                 f"run {sweep_or_run} is not a trial run (give a trial's run id or a sweep name)"
             )
-        return run.info.run_id, client.get_experiment(run.info.experiment_id).name
-    return best_run_id(tracking_uri, sweep_or_run, **rule), sweep_or_run
+        return run.info.run_id, client.get_experiment(run.info.experiment_id).name, False
+    return best_run_id(tracking_uri, sweep_or_run, **rule), sweep_or_run, True
 
 
-def export_model(tracking_uri: str, sweep_or_run: str, out: Path, **rule) -> dict:
+def export_model(
+    tracking_uri: str, sweep_or_run: str, out: Path, champion: bool = False, **rule
+) -> dict:
     """Write model.pt2, state_dict.pt, config.json and metrics.json into `out` (all or nothing)
-    and point the registry alias `champion` of the sweep's registered model at the run."""
+    and register a version of the sweep's model. The alias `champion` points at it when the run
+    was chosen by the rule (a sweep name was given) or `champion` is asked for."""
     client = MlflowClient(tracking_uri)
-    run_id, sweep = resolve_run(client, tracking_uri, sweep_or_run, rule)
+    run_id, sweep, by_rule = resolve_run(client, tracking_uri, sweep_or_run, rule)
     run = client.get_run(run_id)
     if out.exists() and any(out.iterdir()):
         raise SelectionError(f"--out {out} is not empty; give a new or empty folder")
@@ -65,7 +69,8 @@ def export_model(tracking_uri: str, sweep_or_run: str, out: Path, **rule) -> dic
         if out.exists():
             out.rmdir()
         shutil.move(str(staged), out)
-    version = register_champion(client, sweep, run_id, run.info.artifact_uri + "/model")
+    alias = by_rule or champion
+    version = register(client, sweep, run_id, run.info.artifact_uri + "/model", alias)
     return {
         "run_id": run_id,
         "run_name": run.info.run_name,
@@ -73,16 +78,18 @@ def export_model(tracking_uri: str, sweep_or_run: str, out: Path, **rule) -> dic
         "out": str(out),
         "registered_model": sweep,
         "version": version,
+        "champion": alias,
     }
 
 
-def register_champion(client: MlflowClient, name: str, run_id: str, source: str) -> str:
-    """A new model version of `name` from `source`, with alias `champion` pointing at it."""
+def register(client: MlflowClient, name: str, run_id: str, source: str, champion: bool) -> str:
+    """A new model version of `name` from `source`; alias `champion` points at it if asked."""
     try:
         client.create_registered_model(name, description="satsweep champions of this sweep")
     except MlflowException as err:
         if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
             raise
     version = client.create_model_version(name, source=source, run_id=run_id)
-    client.set_registered_model_alias(name, CHAMPION, version.version)
+    if champion:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
     return version.version

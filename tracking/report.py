@@ -8,28 +8,25 @@ from collections import defaultdict
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tracking.runs import ROLE_TAG
+from tracking import metric_names as names
+from tracking.runs import trial_runs
 from tracking.select import (
     DEFAULT_EPS,
     DEFAULT_MIN_CLEAN_ACC,
     eligible,
     load_candidates,
     pareto_front,
-    sweep_parent_run,
 )
+from tracking.sweep_run import latest_sweep_run
 
-NAIVE, WORST = "fgsm", "worst_case"
+NAIVE = "fgsm"
 
 
-def _trial_runs(client: MlflowClient, sweep: str):
-    exp, parent = sweep_parent_run(client, sweep)
-    runs = client.search_runs(
-        [exp.experiment_id],
-        f"tags.`{ROLE_TAG}` = 'trial' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
-    )
-    return parent.info.run_id, [r for r in runs if "clean_acc" in r.data.metrics]
+def _evaluated_trial_runs(client: MlflowClient, sweep: str):
+    experiment_id, parent = latest_sweep_run(client, sweep)
+    runs = trial_runs(client, experiment_id, parent.info.run_id)
+    return parent.info.run_id, [r for r in runs if names.CLEAN_ACC in r.data.metrics]
 
 
 def _groups(runs) -> dict[tuple[str, str], list]:
@@ -60,19 +57,18 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for unused in axes[len(groups) :]:
         unused.set_visible(False)
-    key = f"eps_{eps:g}"
     for ax, ((arch, act), rs) in zip(axes, groups.items(), strict=False):
         lams = [float(r.data.params["lam"]) for r in rs]
         attacks = sorted(
             {
-                k.split("/")[1]
+                parsed[0]
                 for r in rs
                 for k in r.data.metrics
-                if k.startswith("robust_acc/") and k.endswith("/" + key)
+                if (parsed := names.parse_robust_acc(k)) is not None and parsed[1] == eps
             }
         )
         for i, attack in enumerate(attacks):
-            ys = [r.data.metrics.get(f"robust_acc/{attack}/{key}") for r in rs]
+            ys = [r.data.metrics.get(names.robust_acc(attack, eps)) for r in rs]
             bold = attack == NAIVE
             ax.plot(
                 lams,
@@ -85,14 +81,18 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
             )
         ax.plot(
             lams,
-            [r.data.metrics.get(f"worst_case_acc/{key}") for r in rs],
+            [r.data.metrics.get(names.worst_case_acc(eps)) for r in rs],
             marker="s",
             color="black",
             lw=2.5,
             label="worst case",
         )
         ax.plot(
-            lams, [r.data.metrics["clean_acc"] for r in rs], ls="--", color="grey", label="clean"
+            lams,
+            [r.data.metrics[names.CLEAN_ACC] for r in rs],
+            ls="--",
+            color="grey",
+            label="clean",
         )
         _lam_axis(ax, lams)
         ax.set_ylim(-0.02, 1.02)
@@ -137,15 +137,15 @@ def clean_vs_worst(candidates, eps: float) -> Figure:
 
 
 def saturation_vs_lambda(runs) -> Figure:
-    """Mean over hidden layers of the saturated fraction (solid) and, for sigmoid, of the
-    float32-flat fraction |h| > 16.6 (dashed), vs λ."""
+    """Mean over hidden layers of the saturated fraction (solid) and, where the activation has
+    a float32-flat point, of the fraction of units past it (dashed), vs λ."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     all_lams = []
     for (arch, act), rs in _groups(runs).items():
         lams = [float(r.data.params["lam"]) for r in rs]
         all_lams += lams
-        for prefix, style in (("saturation/", "-"), ("saturation_float32_flat/", "--")):
+        for prefix, style in ((names.SATURATION, "-"), (names.SATURATION_FLAT, "--")):
             ys = [_layer_mean(r.data.metrics, prefix) for r in rs]
             if any(y is not None for y in ys):
                 ax.plot(
@@ -153,7 +153,7 @@ def saturation_vs_lambda(runs) -> Figure:
                     ys,
                     ls=style,
                     marker="o",
-                    label=f"{arch} {act}" + (" |h|>16.6" if "flat" in prefix else ""),
+                    label=f"{arch} {act}" + (" float32-flat" if "flat" in prefix else ""),
                 )
     _lam_axis(ax, all_lams or [1.0])
     ax.set_ylabel("fraction of hidden units")
@@ -164,7 +164,7 @@ def saturation_vs_lambda(runs) -> Figure:
 
 
 def _layer_mean(metrics: dict, prefix: str) -> float | None:
-    values = [v for k, v in metrics.items() if k.startswith(prefix)]
+    values = names.layer_values(metrics, prefix)
     return sum(values) / len(values) if values else None
 
 
@@ -200,7 +200,7 @@ def write_report(
 ) -> list[str]:
     """Log the report's figures and summary to the sweep's parent run; returns their paths."""
     client = MlflowClient(tracking_uri)
-    parent, runs = _trial_runs(client, sweep)
+    parent, runs = _evaluated_trial_runs(client, sweep)
     _, candidates = load_candidates(client, sweep, eps)
     artifacts = {
         "report/robustness_vs_lambda.png": robustness_vs_lambda(runs, eps),

@@ -1,6 +1,8 @@
-"""MLflow runs for a sweep: one experiment per sweep name, one parent run per sweep, one child
-run per trial. All calls go through an explicit MlflowClient (no fluent-API global state), so
-the same code works in the driver and inside Ray workers."""
+"""The MLflow store and a sweep's trial runs: where the store is, one experiment per sweep name,
+one child run per trial (reopened on retry), reading every run of a sweep page by page.
+The sweep's parent run has its own room (`sweep_run.py`). All calls go through an explicit
+MlflowClient (no fluent-API global state), so the same code works in the driver and inside Ray
+workers."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from tracking.metric_names import masking_tag
 
 ROLE_TAG = "satsweep.role"
 TRIAL_ID_TAG = "satsweep.ray_trial_id"
@@ -21,6 +25,7 @@ STATUS_TAG = "satsweep.status"
 RESTARTS_TAG = "satsweep.restarts"  # times Ray restarted the trial (retries and resumes)
 DEFAULT_DB = "mlflow.db"  # MLflow's own default store name, in the working directory
 _BATCH = 100  # MLflow's limit of params per log_batch call
+PAGE = 1000  # runs per search request; every reader pages until the store has no more
 
 
 def resolve_tracking_uri(cli_uri: str | None = None, spec_uri: str | None = None) -> str:
@@ -95,34 +100,34 @@ def version_tags() -> dict[str, str]:
     return tags
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    """{'a': {'b': 1}} -> {'a.b': '1'}: MLflow params are flat strings."""
-    flat = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = str(value)
-    return flat
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str, **kw) -> list[Run]:
+    """Every run matching the filter, page by page: MLflow answers at most one page per call,
+    so a sweep of more than PAGE trials would otherwise be silently cut."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string, max_results=PAGE, page_token=token, **kw
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """Every trial run of one launch of a sweep (all pages)."""
+    return search_all(
+        client,
+        experiment_id,
+        f"tags.`{ROLE_TAG}` = 'trial' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+    )
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i : i + _BATCH])
-
-
-def start_sweep_run(
-    client: MlflowClient, experiment_id: str, name: str, spec_text: str, params: dict
-) -> str:
-    """The parent run: role tag, flattened spec as params, the spec file as an artifact."""
-    tags = {ROLE_TAG: "sweep", "satsweep.git_commit": code_version(), **version_tags()}
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    run_id = run.info.run_id
-    log_params(client, run_id, flatten(params))
-    client.log_text(run_id, spec_text, "spec.yaml")
-    return run_id
 
 
 def find_trial_run(
@@ -155,10 +160,11 @@ def open_trial_run(
     parent_run_id: str,
     ray_trial_id: str,
     run_name: str,
-    params: dict,
+    params: dict[str, str],
     tags: dict[str, str],
 ) -> str:
-    """The trial's one run: reused when Ray restarts or restores the trial, created otherwise."""
+    """The trial's one run: reused when Ray restarts or restores the trial, created otherwise.
+    `params` are flat (dotted names, string values)."""
     run_id = find_trial_run(client, experiment_id, parent_run_id, ray_trial_id)
     if run_id is not None:  # Ray restarted the trial (a retry after a failure, or a resume)
         restarts = int(client.get_run(run_id).data.tags.get(RESTARTS_TAG, "0")) + 1
@@ -173,7 +179,7 @@ def open_trial_run(
         **tags,
     }
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    log_params(client, run.info.run_id, flatten(params))
+    log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
@@ -191,28 +197,7 @@ def finish_run(client: MlflowClient, run_id: str, status: str, note: str | None 
     client.set_terminated(run_id, status=status)
 
 
-def reconcile_trial_runs(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, ray_status: dict[str, str]
-) -> int:
-    """Close trial runs that a stopped or crashed trial left RUNNING; returns how many.
-
-    `ray_status` maps Ray trial id -> 'TERMINATED' (finished or early-stopped) or 'ERROR'.
-    """
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
-        "and attributes.status = 'RUNNING'",
-    )
-    for run in runs:
-        trial_status = ray_status.get(run.data.tags.get(TRIAL_ID_TAG, ""), "ERROR")
-        if trial_status == "TERMINATED":
-            finish_run(client, run.info.run_id, "FINISHED", note="stopped_early")
-        else:
-            finish_run(client, run.info.run_id, "FAILED", note="failed")
-    return len(runs)
-
-
 def log_masking_tags(client: MlflowClient, run_id: str, flags: dict[str, bool]) -> None:
     """One `masking.<name>` tag per diagnostic, 'true' or 'false', searchable in the UI."""
     for name, flag in flags.items():
-        client.set_tag(run_id, f"masking.{name}", "true" if flag else "false")
+        client.set_tag(run_id, masking_tag(name), "true" if flag else "false")

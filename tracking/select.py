@@ -1,8 +1,9 @@
-"""Choosing the most robust model of a sweep by a masking-aware rule (shared/method.md section 5).
+"""Choosing the most robust model of a sweep by a masking-aware rule (docs/method.md, section 5).
 
 Default rule: among FINISHED trials with clean_acc >= the floor, maximise worst_case_acc at the
 chosen eps, excluding trials with masking suspected unless asked; ties go to clean accuracy.
-Everything here reads MLflow runs; nothing needs a model.
+Everything here reads MLflow runs; nothing needs a model. Only `record_selection` writes, and
+only when a command is asked to (`satsweep best --record`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tracking.runs import ROLE_TAG, STATUS_TAG
+from tracking import metric_names as names
+from tracking.runs import STATUS_TAG, trial_runs
+from tracking.sweep_run import SweepNotFound, latest_sweep_run
 
 RULE = (
     "among FINISHED trials with clean_acc >= min_clean_acc, maximise worst_case_acc at eps, "
@@ -20,7 +22,7 @@ RULE = (
 )
 
 
-DEFAULT_EPS = 0.1  # the MNIST reference budget of shared/method.md section 4
+DEFAULT_EPS = 0.1  # the MNIST reference budget (docs/method.md, section 4)
 DEFAULT_MIN_CLEAN_ACC = 0.9
 
 
@@ -43,63 +45,47 @@ class Candidate:
 
     @property
     def flagged(self) -> bool:
-        return "masking_suspected" in self.flags
-
-
-def sweep_parent_run(client: MlflowClient, sweep: str):
-    """The experiment and the latest parent run of the sweep called `sweep`."""
-    exp = client.get_experiment_by_name(sweep)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise SelectionError(
-            f"no sweep named {sweep!r} in this store; sweeps here: "
-            f"{', '.join(n for n in names if n != 'Default') or 'none'}"
-        )
-    parents = client.search_runs(
-        [exp.experiment_id],
-        f"tags.`{ROLE_TAG}` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not parents:
-        raise SelectionError(f"sweep {sweep!r} has no sweep run in this store")
-    return exp, parents[0]
+        return names.MASKING_SUSPECTED in self.flags
 
 
 def load_candidates(client: MlflowClient, sweep: str, eps: float) -> tuple[str, list[Candidate]]:
     """(parent run id, every trial run of the sweep's latest launch) with the figures at eps."""
-    exp, parent = sweep_parent_run(client, sweep)
-    runs = client.search_runs(
-        [exp.experiment_id],
-        f"tags.`{ROLE_TAG}` = 'trial' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'",
-    )
-    key = f"eps_{eps:g}"
-    candidates = []
-    for r in runs:
-        m, p, t = r.data.metrics, r.data.params, r.data.tags
-        candidates.append(Candidate(
-            run_id=r.info.run_id, run_name=r.info.run_name or r.info.run_id,
-            status=t.get(STATUS_TAG, "") if r.info.status == "FINISHED" else r.info.status,
-            arch=p.get("arch.name", "?"), activation=p.get("activation", "?"),
-            lam=float(p.get("lam", "nan")), clean=m.get("clean_acc", 0.0),
-            worst=m.get(f"worst_case_acc/{key}"), fgsm=m.get(f"robust_acc/fgsm/{key}"),
-            flags=sorted(k.removeprefix("masking.") for k, v in t.items()
-                         if k.startswith("masking.") and v == "true"),
-        ))  # fmt: skip
+    try:
+        experiment_id, parent = latest_sweep_run(client, sweep)
+    except SweepNotFound as err:
+        raise SelectionError(str(err)) from None
+    runs = trial_runs(client, experiment_id, parent.info.run_id)
+    candidates = [_candidate(r, eps) for r in runs]
     if runs and all(c.worst is None for c in candidates):
         available = sorted(
             {
-                k.split("/")[1]
+                e
                 for r in runs
                 for k in r.data.metrics
-                if k.startswith("worst_case_acc/")
+                if (e := names.parse_worst_case_acc(k)) is not None
             }
         )
         raise SelectionError(
             f"sweep {sweep!r} has no worst_case_acc at eps={eps:g}; "
-            f"available: {', '.join(available) or 'none'}"
+            f"available eps: {', '.join(f'{e:g}' for e in available) or 'none'}"
         )
     return parent.info.run_id, candidates
+
+
+def _candidate(run, eps: float) -> Candidate:
+    m, p, t = run.data.metrics, run.data.params, run.data.tags
+    return Candidate(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id,
+        status=t.get(STATUS_TAG, "") if run.info.status == "FINISHED" else run.info.status,
+        arch=p.get("arch.name", "?"),
+        activation=p.get("activation", "?"),
+        lam=float(p.get("lam", "nan")),
+        clean=m.get(names.CLEAN_ACC, 0.0),
+        worst=m.get(names.worst_case_acc(eps)),
+        fgsm=m.get(names.robust_acc("fgsm", eps)),
+        flags=names.flags_from_tags(t),
+    )
 
 
 def eligible(
@@ -171,9 +157,10 @@ def best_run_id(
     eps: float = 0.1,
     min_clean_acc: float = 0.9,
     include_flagged: bool = False,
-    record: bool = True,
+    record: bool = False,
 ) -> str:
-    """The default rule as one call: the run id of the sweep's most robust trial."""
+    """The default rule as one call: the run id of the sweep's most robust trial (written to
+    the sweep run's tags only when `record`)."""
     client = MlflowClient(tracking_uri)
     parent, candidates = load_candidates(client, sweep, eps)
     chosen = select_best(candidates, min_clean_acc, include_flagged)

@@ -6,6 +6,7 @@ L-infinity budget means the same thing for every dataset and model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,16 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 # every sweep sees the same 75/25 stratified split.
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
+
+
+MNIST_ROOT_ENV = "SATSWEEP_MNIST_ROOT"
+
+
+def default_mnist_root() -> Path:
+    """An offline torchvision MNIST root for tests and benchmarks: $SATSWEEP_MNIST_ROOT, else
+    `data/mnist` in the checkout (docs/data.md says how to fill it)."""
+    checkout = Path(__file__).resolve().parents[1]
+    return Path(os.environ.get(MNIST_ROOT_ENV) or checkout / "data" / "mnist")
 
 
 class DatasetNotFoundError(RuntimeError):

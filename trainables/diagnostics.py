@@ -6,16 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# float32 sigmoid(z) rounds to exactly 1.0 for z above ~16.6, so autograd's sigma(1-sigma)
-# backward is exactly 0 there (Brendel & Bethge): the numerically flat region.
-SIGMOID_FLOAT32_FLAT = 16.6
+from trainables.activations import activation as activation_entry
 
 
 def saturated_units(h: torch.Tensor, activation: str, threshold: float) -> torch.Tensor:
-    """Boolean mask of saturated units: relu counts h <= 0; sigmoid/tanh count |h| > threshold."""
-    if activation == "relu":
-        return h <= 0
-    return h.abs() > threshold
+    """Boolean mask of saturated units, by the activation table's rule."""
+    return activation_entry(activation).saturated(h, threshold)
 
 
 def weight_kurtosis(layer: nn.Module) -> float:

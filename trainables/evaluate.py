@@ -1,9 +1,9 @@
 """The robustness evaluation of one model: a fixed evaluation subset, every attack at every
-eps, per-example worst case, and the masking diagnostics.
+eps, per-example worst case, the masking diagnostics, and the audit's merge into them.
 
 Worst case is per example (AutoAttack-style): a point counts as robust at eps only if it is
 classified correctly clean and survives every attack run on it. It is never a minimum of
-aggregate accuracies.
+aggregate accuracies. No Ray, no MLflow: `trainable.py` logs what this returns.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.attacks import AUDIT_ATTACKS, CHEAP_ATTACKS
-from trainables.config import EvalConfig
+from tracking import metric_names as names
+from trainables.attacks import ATTACKS
+from trainables.data import Dataset
 from trainables.masking import diagnose, zero_gradient_fraction
+from trainables.settings import SweepSettings, TrialSettings
+from trainables.train import TrainState, new_state, train
 
-ATTACKS = {**CHEAP_ATTACKS, **AUDIT_ATTACKS}
 BOUND_TOLERANCE = 1e-6  # float32 rounding when projecting onto the eps-ball
 
 
@@ -45,29 +47,13 @@ def eval_indices(n_test: int, size: int, seed: int) -> torch.Tensor:
     return order[: min(size, n_test)].sort().values
 
 
-def eps_name(eps: float) -> str:
-    return f"eps_{eps:g}"
-
-
-def attack_options(name: str, eps: float, ecfg: EvalConfig, surrogate: nn.Module | None) -> dict:
-    """The keyword options each attack gets, all from the EvalConfig (single source)."""
-    pgd = {
-        "steps": ecfg.pgd_steps,
-        "restarts": ecfg.pgd_restarts,
-        "seed": ecfg.seed,
-        "step_size": ecfg.pgd_step_factor * eps / ecfg.pgd_steps,
-    }
-    return {
-        "pgd_ce": pgd,
-        "pgd_margin": pgd,
-        "pgd_bpda": {**pgd, "temperature": ecfg.bpda_temperature},
-        "transfer": {**pgd, "surrogate": surrogate},
-        "apgd_ce": {"iterations": ecfg.apgd_iterations, "seed": ecfg.seed},
-        "apgd_t": {"iterations": ecfg.apgd_iterations, "seed": ecfg.seed},
-        "noise": {"draws": ecfg.noise_draws, "seed": ecfg.seed},
-        "square": {"queries": ecfg.square_queries, "seed": ecfg.seed},
-        "autoattack": {"seed": ecfg.seed},
-    }.get(name, {})
+def attack_options(
+    name: str, eps: float, settings: SweepSettings, surrogate: nn.Module | None
+) -> dict:
+    """The keyword options an attack gets: its catalog entry reads them from the settings."""
+    attack = ATTACKS[name]
+    options = attack.options(settings, eps)
+    return {**options, "surrogate": surrogate} if attack.needs_surrogate else options
 
 
 def check_bounds(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> None:
@@ -89,7 +75,7 @@ def run_attacks(
     y: torch.Tensor,
     attacks: tuple[str, ...],
     eps_list: tuple[float, ...],
-    ecfg: EvalConfig,
+    settings: SweepSettings,
     surrogate: nn.Module | None = None,
 ) -> list[AttackResult]:
     """Every attack at every eps, each output bounds-checked and scored on the float32 model."""
@@ -98,8 +84,9 @@ def run_attacks(
     results = []
     for eps in eps_list:
         for name in attacks:
+            options = attack_options(name, eps, settings, surrogate)
             start = time.perf_counter()
-            x_adv = ATTACKS[name](model, x, y, eps, **attack_options(name, eps, ecfg, surrogate))
+            x_adv = ATTACKS[name].run(model, x, y, eps, **options)
             seconds = time.perf_counter() - start
             check_bounds(name, x_adv, x, eps)
             results.append(AttackResult(name, eps, clean & correct(model, x_adv, y), seconds))
@@ -116,11 +103,11 @@ def robustness_metrics(results: list[AttackResult]) -> dict[str, float]:
     """robust_acc/<attack>/eps_<e>, worst_case_acc/eps_<e>, attack_seconds/<attack>."""
     metrics: dict[str, float] = {}
     for r in results:
-        metrics[f"robust_acc/{r.attack}/{eps_name(r.eps)}"] = r.accuracy
-        key = f"attack_seconds/{r.attack}"
+        metrics[names.robust_acc(r.attack, r.eps)] = r.accuracy
+        key = names.attack_seconds(r.attack)
         metrics[key] = metrics.get(key, 0.0) + r.seconds
     for eps in sorted({r.eps for r in results}):
-        metrics[f"worst_case_acc/{eps_name(eps)}"] = worst_case(results, eps).float().mean().item()
+        metrics[names.worst_case_acc(eps)] = worst_case(results, eps).float().mean().item()
     return metrics
 
 
@@ -128,13 +115,16 @@ def evaluate_robustness(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    ecfg: EvalConfig,
+    settings: SweepSettings,
     surrogate: nn.Module | None,
 ) -> tuple[dict, dict, list[AttackResult]]:
     """The full cheap tier on the final model: (metrics, {diagnostic: (value, flag)}, results)."""
+    ecfg = settings.evaluation
     eps_list = (*ecfg.eps, ecfg.unbounded_eps)
-    attacks = tuple(a for a in ecfg.attacks if a != "transfer" or surrogate is not None)
-    results = run_attacks(model, x, y, attacks, eps_list, ecfg, surrogate)
+    attacks = tuple(
+        a for a in ecfg.attacks if not ATTACKS[a].needs_surrogate or surrogate is not None
+    )
+    results = run_attacks(model, x, y, attacks, eps_list, settings, surrogate)
     metrics = robustness_metrics(results)
     acc = {(r.attack, r.eps): r.accuracy for r in results}
     diagnostics = diagnose(
@@ -145,5 +135,82 @@ def evaluate_robustness(
         transfer_is_black_box=surrogate is not None and surrogate is not model,
     )
     for name, (value, _) in diagnostics.items():
-        metrics[f"masking/{name}"] = value
+        metrics[names.masking(name)] = value
     return metrics, diagnostics, results
+
+
+def transfer_source(cfg: TrialSettings, data: Dataset, state: TrainState) -> nn.Module:
+    """The transfer attack's source: this trial's lambda = 0 twin. Training is seeded, so it is
+    the model the sweep's lambda = 0 trial of the same architecture/activation/seed trains,
+    without waiting for that trial (which may run concurrently or on another node)."""
+    if cfg.lam == 0:
+        return state.model
+    twin_cfg = cfg.model_copy(update={"lam": 0.0})
+    twin = new_state(twin_cfg, data, data.x_train.device)
+    for _ in train(twin_cfg, data, twin):
+        pass
+    return twin.model.eval()
+
+
+def quick_evaluation(cfg: TrialSettings, data: Dataset, model: nn.Module) -> dict:
+    """FGSM and PGD-CE on the evaluation subset, for robustness curves over training."""
+    e = cfg.evaluation
+    idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
+    x, y = data.x_test[idx], data.y_test[idx]
+    return robustness_metrics(run_attacks(model, x, y, ("fgsm", "pgd_ce"), tuple(e.eps), cfg))
+
+
+# ---- per-example results, stored with the trial and joined by the audit ---------------------
+
+
+def per_example_record(indices: torch.Tensor, results: list[AttackResult]) -> dict:
+    """What a trial stores so a later audit can join it per example (JSON-ready)."""
+    return {
+        "eval_indices": indices.tolist(),
+        "results": [
+            {"attack": r.attack, "eps": r.eps, "robust": r.robust.int().tolist()} for r in results
+        ],
+    }
+
+
+def merge_audit(
+    record: dict, audit_indices: torch.Tensor, audit_results: list[AttackResult]
+) -> list[AttackResult]:
+    """The stored cheap-tier results plus the audit's, restricted to the evaluation subset
+    (the audit set contains it: both are prefixes of the same seeded permutation)."""
+    position = {int(i): p for p, i in enumerate(audit_indices.tolist())}
+    on_eval = torch.tensor([position[i] for i in record["eval_indices"]])
+    cheap = [
+        AttackResult(r["attack"], float(r["eps"]), torch.tensor(r["robust"]).bool(), 0.0)
+        for r in record["results"]
+    ]
+    audit = [
+        AttackResult(r.attack, r.eps, r.robust[on_eval.to(r.robust.device)].cpu(), r.seconds)
+        for r in audit_results
+    ]
+    return cheap + audit
+
+
+def audit_metrics(
+    merged: list[AttackResult],
+    audit_results: list[AttackResult],
+    zero_f32: float,
+    zero_f64: float,
+    cfg: TrialSettings,
+) -> tuple[dict, dict]:
+    """(metrics, diagnostics) after an audit: worst case and flags recomputed per example over
+    the cheap tier and the audit together; the audit's own accuracy on its larger set too."""
+    audited = {r.attack for r in audit_results}
+    metrics = {
+        k: v
+        for k, v in robustness_metrics(merged).items()
+        if names.parse_attack_seconds(k) in (None, *audited)
+    }
+    for r in audit_results:
+        metrics[names.audit_set_acc(r.attack, r.eps)] = r.accuracy
+    acc = {(r.attack, r.eps): r.accuracy for r in merged}
+    diagnostics = diagnose(
+        acc, zero_f32, zero_f64, cfg.evaluation, transfer_is_black_box=cfg.lam != 0
+    )
+    metrics |= {names.masking(name): value for name, (value, _) in diagnostics.items()}
+    return metrics, diagnostics

@@ -1,8 +1,9 @@
-"""Gradient-masking diagnostics (shared/method.md section 3; Athalye et al. 2018's checks).
+"""Gradient-masking diagnostics (docs/method.md, section 3; Athalye et al. 2018's checks).
 
 Each diagnostic is a measured value and a flag; `masking_suspected` is any flag. Accuracies come
 from `evaluate.py` as {(attack, eps): robust accuracy}. A diagnostic whose attacks were not run
-is left out rather than guessed.
+is left out rather than guessed. Which attacks are white- or black-box, and which strengthen a
+naive one, comes from the attack catalog (`trainables/attacks`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from trainables.attacks import ATTACKS
 from trainables.attacks.losses import input_gradient
-from trainables.config import EvalConfig
+from trainables.settings import EvaluationSettings
 
-WHITE_BOX = ("fgsm", "fgsm_stable", "pgd_ce", "pgd_margin", "pgd_bpda", "apgd_ce", "apgd_t",
-             "autoattack")  # fmt: skip
+WHITE_BOX = tuple(n for n, a in ATTACKS.items() if a.box == "white")
+BLACK_BOX = tuple(n for n, a in ATTACKS.items() if a.box == "black")
 # naive attack -> the stabilised or adaptive attacks that should not beat it by much
 STRONGER = {
-    "fgsm": ("fgsm_stable",),
-    "pgd_ce": ("pgd_margin", "pgd_bpda", "apgd_ce", "apgd_t", "autoattack"),
+    naive: tuple(n for n, a in ATTACKS.items() if a.strengthens == naive)
+    for naive in dict.fromkeys(a.strengthens for a in ATTACKS.values() if a.strengthens)
 }
-BLACK_BOX = ("transfer", "noise", "square")
-MONOTONE_CHECKED = ("fgsm", "fgsm_stable", "pgd_ce", "pgd_margin", "pgd_bpda", "apgd_ce",
-                    "apgd_t", "transfer", "square", "autoattack")  # fmt: skip
+MONOTONE_CHECKED = tuple(n for n, a in ATTACKS.items() if a.monotone_checked)
 
 
 def zero_gradient_fraction(
@@ -47,20 +47,21 @@ def diagnose(
     acc: dict[tuple[str, float], float],
     zero_f32: float,
     zero_f64: float,
-    ecfg: EvalConfig,
+    ecfg: EvaluationSettings,
     transfer_is_black_box: bool = True,
 ) -> dict[str, tuple[float, bool]]:
-    """{diagnostic: (value, flag)}; every flag's threshold is an EvalConfig field.
+    """{diagnostic: (value, flag)}; every flag's threshold is a field of `evaluation.masking`.
 
     `transfer_is_black_box` is False when the transfer surrogate is the model itself (a lambda = 0
     trial): its "transfer" attack is then white-box PGD on the margin."""
     black_box_attacks = [a for a in BLACK_BOX if a != "transfer" or transfer_is_black_box]
     bounded = tuple(ecfg.eps)
-    tol = ecfg.tolerance
+    m = ecfg.masking
+    tol = m.tolerance
     get = acc.get
     out: dict[str, tuple[float, bool]] = {
-        "zero_grad_float32": (zero_f32, zero_f32 > ecfg.zero_grad_threshold),
-        "zero_grad_float64": (zero_f64, zero_f64 > ecfg.zero_grad_threshold),
+        "zero_grad_float32": (zero_f32, zero_f32 > m.zero_grad_threshold),
+        "zero_grad_float64": (zero_f64, zero_f64 > m.zero_grad_threshold),
     }
 
     def gap(e):  # how much a naive attack overstates robustness against the stronger ones
@@ -87,14 +88,14 @@ def diagnose(
         return max(rises) if rises else None
 
     checks = {
-        "stabilisation_gap": (_max_over_eps(bounded, gap), ecfg.gap_threshold),
+        "stabilisation_gap": (_max_over_eps(bounded, gap), m.gap_threshold),
         "single_step_beats_iterative": (_max_over_eps(bounded, single_step), tol),
         "blackbox_beats_whitebox": (_max_over_eps(bounded, black_box), tol),
         "eps_non_monotone": (
             max((v for a in MONOTONE_CHECKED if (v := non_monotone(a)) is not None), default=None),
             tol,
         ),
-        "unbounded_failure": (get(("pgd_ce", ecfg.unbounded_eps)), ecfg.unbounded_threshold),
+        "unbounded_failure": (get(("pgd_ce", ecfg.unbounded_eps)), m.unbounded_threshold),
     }
     for name, (value, threshold) in checks.items():
         if value is not None:

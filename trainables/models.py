@@ -6,53 +6,27 @@ produced the logits; `forward` returns logits only, so exported models are plain
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": torch.relu,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-}
-ARCH_KINDS = ("mlp", "cnn")
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """`mlp`: dense hidden widths. `cnn`: 3x3 conv channels (each conv, activation, 2x2
-    max-pool), then dense hidden widths."""
-
-    kind: str
-    hidden: tuple[int, ...]
-    channels: tuple[int, ...] = ()
-
-    @property
-    def name(self) -> str:
-        dense = "x".join(map(str, self.hidden)) or "linear"
-        if self.kind == "mlp":
-            return f"mlp-{dense}"
-        return f"cnn-c{'x'.join(map(str, self.channels))}-{dense}"
+from trainables.activations import activation as activation_entry
+from trainables.settings import ArchitectureSettings
 
 
 class SaturatingNet(nn.Module):
+    """The architecture of the spec (`mlp` or `cnn`) with one activation everywhere."""
+
     def __init__(
         self,
-        arch: ArchConfig,
+        arch: ArchitectureSettings,
         activation: str,
         input_shape: tuple[int, int, int],
         num_classes: int,
     ):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; choose one of {list(ACTIVATIONS)}"
-            )
         self.activation = activation
-        self.act = ACTIVATIONS[activation]
+        self.act = activation_entry(activation).forward
         channels_in, height, width = input_shape
         self.convs = nn.ModuleList()
         for channels in arch.channels:

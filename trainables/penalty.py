@@ -1,12 +1,14 @@
-"""The Nayebi & Ganguli saturation penalty and its lambda schedule (shared/method.md section 1).
+"""The Nayebi & Ganguli saturation penalty and its lambda schedule (docs/method.md, section 1).
 
-psi_c(h) is the distance from h to the nearest point where the activation's slope is zero:
-relu -> relu(h); sigmoid -> sigma(h)(1 - sigma(h)); tanh -> 1 - tanh(h)^2.
+psi_c(h), the distance from h to the nearest point where the activation's slope is zero, comes
+from the activation table (`trainables/activations.py`).
 """
 
 from __future__ import annotations
 
 import torch
+
+from trainables.activations import activation as activation_entry
 
 REDUCTIONS = ("sum", "mean")
 SCHEDULES = ("constant", "linear")
@@ -14,14 +16,7 @@ SCHEDULES = ("constant", "linear")
 
 def psi(h: torch.Tensor, activation: str) -> torch.Tensor:
     """Elementwise saturation distance psi_c(h)."""
-    if activation == "relu":
-        return torch.relu(h)
-    if activation == "sigmoid":
-        s = torch.sigmoid(h)
-        return s * (1 - s)
-    if activation == "tanh":
-        return 1 - torch.tanh(h) ** 2
-    raise ValueError(f"unknown activation {activation!r}")
+    return activation_entry(activation).psi(h)
 
 
 def saturation_penalty(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
 
-from trainables.diagnostics import SIGMOID_FLOAT32_FLAT
+from trainables.activations import activation
 
 
 @torch.no_grad()
 def preactivation_histograms(model, x: torch.Tensor, threshold: float, title: str):
     """One panel per hidden layer: the distribution of h, log-scale counts, with the saturation
-    threshold (and, for sigmoid, the float32 flat point) marked."""
+    threshold (and, where the activation has one, the float32 flat point) marked."""
     model.eval()
     _, preacts = model.forward_with_preactivations(x)
     fig = Figure(figsize=(4 * len(preacts), 3.2))
@@ -20,8 +20,9 @@ def preactivation_histograms(model, x: torch.Tensor, threshold: float, title: st
         values = h.flatten().double().cpu().numpy()
         ax.hist(values, bins=80, color="#4c72b0", log=True)
         marks = [0.0] if model.activation == "relu" else [-threshold, threshold]
-        if model.activation == "sigmoid":
-            marks += [-SIGMOID_FLOAT32_FLAT, SIGMOID_FLOAT32_FLAT]
+        flat = activation(model.activation).float32_flat
+        if flat is not None:
+            marks += [-flat, flat]
         for m in marks:
             ax.axvline(m, color="#c44e52", lw=0.8, ls="--")
         ax.set_title(f"hidden layer {i + 1}")

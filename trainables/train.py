@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainables.config import TrialConfig
+from tracking import metric_names as names
+from trainables.activations import activation as activation_entry
 from trainables.data import Dataset
-from trainables.diagnostics import SIGMOID_FLOAT32_FLAT, saturated_units, weight_kurtosis
+from trainables.diagnostics import saturated_units, weight_kurtosis
 from trainables.models import SaturatingNet
 from trainables.penalty import effective_lambda, saturation_penalty
-
-OPTIMIZERS = ("adam", "sgd")
+from trainables.settings import TrialSettings
 
 
 class CheckpointError(RuntimeError):
@@ -52,42 +52,41 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def new_state(cfg: TrialConfig, data: Dataset, device: torch.device) -> TrainState:
+def new_state(cfg: TrialSettings, data: Dataset, device: torch.device) -> TrainState:
     """A freshly initialised model and optimiser, seeded by the trial's seed."""
     torch.manual_seed(cfg.seed)
     model = SaturatingNet(cfg.arch, cfg.activation, data.input_shape, data.num_classes).to(device)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "sgd":
+    o = cfg.training.optimizer
+    if o.name == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    else:  # sgd: the spec allows no other
         opt = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {OPTIMIZERS}")
     return TrainState(model, opt, epoch=0)
 
 
-def train_one_epoch(cfg: TrialConfig, data: Dataset, state: TrainState, epoch: int) -> dict:
+def train_one_epoch(cfg: TrialSettings, data: Dataset, state: TrainState, epoch: int) -> dict:
     """One pass over the training set in a permutation seeded by (seed, epoch), so a resumed
     trial sees the same batches it would have seen. Sums stay on the device: one sync per epoch."""
-    model, opt = state.model, state.optimizer
+    model, opt, t = state.model, state.optimizer, cfg.training
     model.train()
     n = len(data.y_train)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     order = order.to(data.x_train.device)
-    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    steps = (n + t.batch_size - 1) // t.batch_size
     totals = torch.zeros(
         4, dtype=torch.float64, device=data.x_train.device
     )  # loss, ce, pen, correct
     lam_t = 0.0
     for step in range(steps):
-        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        idx = order[step * t.batch_size : (step + 1) * t.batch_size]
         x, y = data.x_train[idx], data.y_train[idx]
         logits, preacts = model.forward_with_preactivations(x)
         ce = F.cross_entropy(logits, y)
-        penalty = saturation_penalty(preacts, cfg.activation, cfg.penalty_reduction)
+        penalty = saturation_penalty(preacts, cfg.activation, t.penalty.reduction)
         lam_t = effective_lambda(
-            cfg.lam, cfg.lambda_schedule, cfg.warmup_epochs, progress=epoch - 1 + (step + 1) / steps
+            cfg.lam, t.penalty.schedule, t.penalty.warmup_epochs, epoch - 1 + (step + 1) / steps
         )
         loss = ce + lam_t * penalty if lam_t > 0 else ce
         opt.zero_grad(set_to_none=True)
@@ -107,38 +106,39 @@ def train_one_epoch(cfg: TrialConfig, data: Dataset, state: TrainState, epoch: i
 
 
 @torch.no_grad()
-def evaluate(cfg: TrialConfig, data: Dataset, model: SaturatingNet) -> dict:
-    """Test accuracy (`clean_acc`) and, from the same forward pass, per-layer saturation."""
+def evaluate(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> dict:
+    """Test accuracy (`clean_acc`) and, from the same forward pass, per-layer saturation (and,
+    where the activation has one, the fraction of units past its float32-flat point)."""
     model.eval()
+    batch, threshold = cfg.training.eval_batch_size, cfg.training.saturation_threshold
+    flat_point = activation_entry(cfg.activation).float32_flat
     correct = torch.zeros((), dtype=torch.int64, device=data.x_test.device)
     saturated = flat = None  # per-layer counts of saturated / numerically flat units
-    for start in range(0, len(data.y_test), cfg.eval_batch_size):
-        x = data.x_test[start : start + cfg.eval_batch_size]
-        y = data.y_test[start : start + cfg.eval_batch_size]
+    for start in range(0, len(data.y_test), batch):
+        x, y = data.x_test[start : start + batch], data.y_test[start : start + batch]
         logits, preacts = model.forward_with_preactivations(x)
         correct += (logits.argmax(1) == y).sum()
-        sat = torch.stack(
-            [saturated_units(h, cfg.activation, cfg.saturation_threshold).sum() for h in preacts]
-        )
-        fl = torch.stack([(h.abs() > SIGMOID_FLOAT32_FLAT).sum() for h in preacts])
+        sat = torch.stack([saturated_units(h, cfg.activation, threshold).sum() for h in preacts])
         saturated = sat if saturated is None else saturated + sat
-        flat = fl if flat is None else flat + fl
+        if flat_point is not None:
+            fl = torch.stack([(h.abs() > flat_point).sum() for h in preacts])
+            flat = fl if flat is None else flat + fl
     n = len(data.y_test)
     units_per_example = [h[0].numel() for h in preacts]
-    metrics = {"clean_acc": correct.item() / n}
+    metrics = {names.CLEAN_ACC: correct.item() / n}
     for i, units in enumerate(units_per_example):
-        metrics[f"saturation/layer{i + 1}"] = saturated[i].item() / (n * units)
-        if cfg.activation == "sigmoid":
-            metrics[f"saturation_float32_flat/layer{i + 1}"] = flat[i].item() / (n * units)
+        metrics[names.saturation(i + 1)] = saturated[i].item() / (n * units)
+        if flat is not None:
+            metrics[names.saturation_flat(i + 1)] = flat[i].item() / (n * units)
     for name, layer in model.weight_layers().items():
-        metrics[f"weight_kurtosis/{name}"] = weight_kurtosis(layer)
+        metrics[names.weight_kurtosis(name)] = weight_kurtosis(layer)
     return metrics
 
 
-def train(cfg: TrialConfig, data: Dataset, state: TrainState) -> Iterator[dict]:
-    """Train from `state.epoch + 1` to `cfg.epochs`, yielding each epoch's metrics; raises
+def train(cfg: TrialSettings, data: Dataset, state: TrainState) -> Iterator[dict]:
+    """Train from `state.epoch + 1` to `cfg.training.epochs`, yielding each epoch's metrics; raises
     TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite."""
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+    for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
         metrics = {"epoch": epoch}
         metrics.update(train_one_epoch(cfg, data, state, epoch))
         if not math.isfinite(metrics["loss"]):

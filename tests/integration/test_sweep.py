@@ -9,10 +9,12 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tracking.select import best_run_id
+from trainables.activations import ACTIVATIONS
 from trainables.data import load_dataset
-from trainables.diagnostics import SIGMOID_FLOAT32_FLAT
 
 pytestmark = pytest.mark.integration
+SHARED_SECTIONS = ("dataset", "training", "evaluation", "audit")
 
 EPOCHS = 5
 SPEC = {
@@ -98,14 +100,29 @@ def test_trial_runs_carry_params_and_provenance(finished_sweep):
     _, client, _ = finished_sweep
     sweeps, trials = runs_by_role(client)
     params, tags = trials[0].data.params, trials[0].data.tags
-    assert params["dtype"] == "float32" and params["penalty_reduction"] == "mean"
-    assert params["lambda_schedule"] == "linear" and params["saturation_threshold"] == "5.0"
-    assert params["saturation_float32_flat_threshold"] == str(SIGMOID_FLOAT32_FLAT)
+    assert params["numerics.dtype"] == "float32" and params["training.penalty.reduction"] == "mean"
+    assert params["training.penalty.schedule"] == "linear"
+    assert params["training.optimizer.lr"] == str(SPEC["training"]["optimizer"]["lr"])
+    assert params["evaluation.pgd_steps"] == str(SPEC["evaluation"]["pgd_steps"])
+    assert params["audit.square_queries"] == str(SPEC["audit"]["square_queries"])
     assert tags["satsweep.ray_trial_id"] and tags["satsweep.version.torch"]
     assert len(tags["satsweep.git_commit"]) in (40, len("unknown"))
     spec_file = client.download_artifacts(sweeps[0].info.run_id, "spec.yaml")
     with open(spec_file) as f:
         assert yaml.safe_load(f)["name"] == "it-sweep"
+
+
+def test_sweep_and_trial_runs_share_the_spec_param_names(finished_sweep):
+    """The MLflow compare view lines them up: every shared setting has one dotted name."""
+    _, client, _ = finished_sweep
+    sweeps, trials = runs_by_role(client)
+    parent = sweeps[0].data.params
+    shared = {k: v for k, v in parent.items() if k.split(".")[0] in SHARED_SECTIONS}
+    assert len(shared) > 30  # every field of the sections, not a chosen few
+    for t in trials:
+        assert {k: t.data.params[k] for k in shared} == shared
+        assert t.data.params["lam"] == "0.5" and t.data.params["arch.name"] in t.info.run_name
+        assert t.data.params["activation"] in ACTIVATIONS
 
 
 def test_ray_kept_a_checkpoint_per_trial(finished_sweep):
@@ -168,7 +185,7 @@ def exported(finished_sweep, tmp_path_factory):
     return out, client, done.stdout
 
 
-def test_export_writes_the_files_and_registers_the_champion(exported):
+def test_export_writes_the_files_and_registers_the_champion(exported, finished_sweep):
     out, client, stdout = exported
     assert {p.name for p in out.iterdir()} == {
         "model.pt2",
@@ -182,8 +199,32 @@ def test_export_writes_the_files_and_registers_the_champion(exported):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     champion = client.get_model_version_by_alias("it-sweep", "champion")
     assert champion.run_id == config["run_id"]
-    sweep_run = runs_by_role(client)[0][0]
-    assert sweep_run.data.tags["satsweep.selection.champion_run_id"] == config["run_id"]
+    uri = f"sqlite:///{finished_sweep[2] / 'mlflow.db'}"
+    assert config["run_id"] == best_run_id(uri, "it-sweep", min_clean_acc=0, include_flagged=True)
+    sweep_run = runs_by_role(client)[0][0]  # export does not record a selection on the sweep
+    assert not any(k.startswith("satsweep.selection.") for k in sweep_run.data.tags)
+
+
+def test_export_of_a_run_id_leaves_the_champion_alias_unless_asked(
+    exported, finished_sweep, tmp_path
+):
+    out, client, _ = exported
+    uri = f"sqlite:///{finished_sweep[2] / 'mlflow.db'}"
+    champion = client.get_model_version_by_alias("it-sweep", "champion").run_id
+    _, trials = runs_by_role(client)
+    other = next(t.info.run_id for t in trials if t.info.run_id != champion)
+
+    def export(folder: str, *flags: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "sweeps.cli", "export", other, "--out", str(tmp_path / folder),
+             "--tracking-uri", uri, *flags],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return client.get_model_version_by_alias("it-sweep", "champion").run_id
+
+    assert export("plain") == champion
+    assert export("promoted", "--champion") == other
 
 
 def test_exported_program_reproduces_clean_acc_with_torch_only(exported, tmp_path):

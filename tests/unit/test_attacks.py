@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import make_cfg, make_eval
+from tests.conftest import make_cfg
 from trainables.attacks import (
-    AUDIT_ATTACKS,
-    CHEAP_ATTACKS,
+    ATTACKS,
     fgsm,
     fgsm_stable,
     pgd_bpda,
@@ -21,7 +20,6 @@ from trainables.attacks import (
 )
 from trainables.attacks.losses import margin
 from trainables.evaluate import (
-    ATTACKS,
     AttackBoundsError,
     AttackResult,
     attack_options,
@@ -43,7 +41,7 @@ def eval_points(digits):
 
 
 def trained(digits, activation: str):
-    cfg = make_cfg(activation=activation, epochs=10)
+    cfg = make_cfg(activation=activation, training={"epochs": 10})
     state = new_state(cfg, digits, torch.device("cpu"))
     for _ in train(cfg, digits, state):
         pass
@@ -116,7 +114,7 @@ def test_fgsm_cannot_move_a_saturated_sigmoid_net_but_bpda_can(saturated_net, ev
 
 def test_masking_flags_fire_on_the_saturated_net(saturated_net, relu_net, eval_points):
     x, y = eval_points
-    _, diagnostics, _ = evaluate_robustness(saturated_net, x, y, make_eval(), surrogate=relu_net)
+    _, diagnostics, _ = evaluate_robustness(saturated_net, x, y, make_cfg(), surrogate=relu_net)
     assert diagnostics["zero_grad_float32"][1] and diagnostics["stabilisation_gap"][1]
     assert diagnostics["masking_suspected"] == (1.0, True)
 
@@ -125,7 +123,7 @@ def test_masking_flags_fire_on_the_saturated_net(saturated_net, relu_net, eval_p
 def test_masking_flags_stay_off_on_a_normally_trained_net(digits, eval_points, activation):
     x, y = eval_points
     net = trained(digits, activation)
-    metrics, diagnostics, _ = evaluate_robustness(net, x, y, make_eval(), surrogate=net)
+    metrics, diagnostics, _ = evaluate_robustness(net, x, y, make_cfg(), surrogate=net)
     assert {name for name, (_, flag) in diagnostics.items() if flag} == set()
     assert metrics["masking/masking_suspected"] == 0.0
 
@@ -135,12 +133,12 @@ def test_unbounded_budget_drives_accuracy_to_zero(relu_net, eval_points):
     assert accuracy(relu_net, pgd_margin(relu_net, x, y, 1.0), x, y) == 0.0
 
 
-@pytest.mark.parametrize("name", sorted({**CHEAP_ATTACKS, **AUDIT_ATTACKS}))
+@pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_no_attack_leaves_the_eps_ball_or_the_unit_box(name, relu_net, eval_points):
     x, y = eval_points[0][:40], eval_points[1][:40]
     eps = 0.1
-    options = attack_options(name, eps, make_eval(square_queries=200), surrogate=relu_net)
-    x_adv = ATTACKS[name](relu_net, x, y, eps, **options)
+    settings = make_cfg(audit={"square_queries": 200})
+    x_adv = ATTACKS[name].run(relu_net, x, y, eps, **attack_options(name, eps, settings, relu_net))
     assert x_adv.dtype == torch.float32 and x_adv.shape == x.shape
     assert (x_adv - x).abs().max() <= eps + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -182,7 +180,7 @@ def test_early_exit_saves_work_without_changing_the_result(relu_net, eval_points
 
 
 def test_stabilisation_gap_catches_naive_attacks_that_only_adaptive_ones_expose():
-    # the saturated-sigmoid pattern of shared/method.md section 4: FGSM in float32 and float64
+    # the saturated-sigmoid pattern of docs/method.md, section 4: FGSM in float32 and float64
     # agree, no gradient is exactly zero, yet APGD leaves far fewer points than PGD-CE
     from trainables.masking import diagnose
 
@@ -190,6 +188,6 @@ def test_stabilisation_gap_catches_naive_attacks_that_only_adaptive_ones_expose(
                  ("pgd_margin", 0.1): 0.27, ("apgd_t", 0.1): 0.07}  # fmt: skip
     normal = {("fgsm", 0.1): 0.13, ("fgsm_stable", 0.1): 0.06, ("pgd_ce", 0.1): 0.010,
               ("pgd_margin", 0.1): 0.012, ("apgd_t", 0.1): 0.003}  # fmt: skip
-    ecfg = make_eval(eps=(0.1,))
+    ecfg = make_cfg(evaluation={"eps": [0.1]}).evaluation
     assert diagnose(saturated, 0.0, 0.0, ecfg)["stabilisation_gap"] == (pytest.approx(0.11), True)
     assert diagnose(normal, 0.0, 0.0, ecfg)["stabilisation_gap"][1] is False

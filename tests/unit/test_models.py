@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from trainables.models import ArchConfig, SaturatingNet
+from trainables.models import SaturatingNet
+from trainables.settings import ArchitectureSettings as Arch
 
 
 def test_mlp_preactivations_are_the_linear_outputs():
     torch.manual_seed(0)
-    net = SaturatingNet(ArchConfig("mlp", (16, 8)), "sigmoid", (1, 8, 8), 10)
+    net = SaturatingNet(Arch(kind="mlp", hidden=[16, 8]), "sigmoid", (1, 8, 8), 10)
     x = torch.rand(5, 1, 8, 8)
     logits, pre = net.forward_with_preactivations(x)
     assert logits.shape == (5, 10)
@@ -19,21 +20,21 @@ def test_mlp_preactivations_are_the_linear_outputs():
 
 
 def test_cnn_counts_conv_channels_at_every_position():
-    net = SaturatingNet(ArchConfig("cnn", (32,), (4, 6)), "relu", (1, 8, 8), 10)
+    net = SaturatingNet(Arch(kind="cnn", hidden=[32], channels=[4, 6]), "relu", (1, 8, 8), 10)
     _, pre = net.forward_with_preactivations(torch.rand(3, 1, 8, 8))
     assert [tuple(h.shape) for h in pre] == [(3, 4, 8, 8), (3, 6, 4, 4), (3, 32)]
 
 
 def test_cnn_too_deep_for_the_input_is_refused():
     with pytest.raises(ValueError, match="fewer channels"):
-        SaturatingNet(ArchConfig("cnn", (8,), (4, 4, 4, 4)), "relu", (1, 8, 8), 10)
+        SaturatingNet(Arch(kind="cnn", hidden=[8], channels=[4, 4, 4, 4]), "relu", (1, 8, 8), 10)
 
 
 def test_unknown_activation_is_refused():
     with pytest.raises(ValueError, match="activation"):
-        SaturatingNet(ArchConfig("mlp", (8,)), "gelu", (1, 8, 8), 10)
+        SaturatingNet(Arch(kind="mlp", hidden=[8]), "gelu", (1, 8, 8), 10)
 
 
 def test_architecture_names_are_readable():
-    assert ArchConfig("mlp", (200, 200)).name == "mlp-200x200"
-    assert ArchConfig("cnn", (64,), (8, 16)).name == "cnn-c8x16-64"
+    assert Arch(kind="mlp", hidden=[200, 200]).name == "mlp-200x200"
+    assert Arch(kind="cnn", hidden=[64], channels=[8, 16]).name == "cnn-c8x16-64"

@@ -86,7 +86,7 @@ def test_unknown_sweep_and_missing_eps_are_explained(store):
     uri, _, _ = store
     with pytest.raises(SelectionError, match="no sweep named 'nope'.*synth"):
         best_run_id(uri, "nope")
-    with pytest.raises(SelectionError, match="available: eps_0.1"):
+    with pytest.raises(SelectionError, match="available eps: 0.1"):
         best_run_id(uri, "synth", eps=0.3)
 
 
@@ -96,13 +96,29 @@ def satsweep(*args):
     )
 
 
-def test_cli_best_prints_the_table_and_records_the_rule(store):
-    uri, ids, parent = store
+def selection_tags(uri: str, parent: str) -> dict:
+    tags = MlflowClient(uri).get_run(parent).data.tags
+    return {k: v for k, v in tags.items() if k.startswith("satsweep.selection.")}
+
+
+def test_cli_best_prints_the_table_and_writes_nothing(store):
+    uri, _, parent = store
+    before = MlflowClient(uri).get_run(parent).data
     out = satsweep("best", "synth", "--tracking-uri", uri)
     assert out.returncode == 0, out.stderr
     assert "champion: d" in out.stdout and "Pareto front" in out.stdout
     assert "excluded: clean < 0.9" in out.stdout and "excluded: FAILED" in out.stdout
-    tags = MlflowClient(uri).get_run(parent).data.tags
+    after = MlflowClient(uri).get_run(parent).data
+    assert after.tags == before.tags and after.params == before.params
+    assert "recorded" not in out.stdout
+
+
+def test_cli_best_record_writes_the_rule_and_says_so(store):
+    uri, ids, parent = store
+    out = satsweep("best", "synth", "--record", "--tracking-uri", uri)
+    assert out.returncode == 0, out.stderr
+    assert f"recorded this selection on the sweep run {parent}" in out.stdout
+    tags = selection_tags(uri, parent)
     assert tags["satsweep.selection.champion_run_id"] == ids["d"]
     assert tags["satsweep.selection.min_clean_acc"] == "0.9"
 

@@ -8,16 +8,9 @@ import sys
 import pytest
 import yaml
 
-from sweeps.spec import (
-    DatasetSpec,
-    GridSpec,
-    SchedulerSpec,
-    SpecError,
-    TrainingSpec,
-    load_spec,
-    parse_spec,
-)
+from sweeps.spec import SchedulerSpec, SpecError, load_spec, parse_spec
 from tests.conftest import REPO
+from trainables.settings import DatasetSettings, TrainingSettings
 
 GOOD = {
     "name": "t",
@@ -119,8 +112,8 @@ def test_top_level_must_be_a_mapping():
 
 def test_defaults_fill_what_the_spec_leaves_out():
     spec = parse_spec(GOOD)
-    assert spec.dataset == DatasetSpec() and spec.training == TrainingSpec()
-    assert spec.scheduler == SchedulerSpec() and spec.grid.seeds == GridSpec([], [], []).seeds
+    assert spec.dataset == DatasetSettings() and spec.training == TrainingSettings()
+    assert spec.scheduler == SchedulerSpec() and spec.grid.seeds == [0]
     assert spec.num_trials == 2
     assert isinstance(spec.grid.lambdas[1], float)
 

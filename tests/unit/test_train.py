@@ -4,7 +4,6 @@ run continues exactly where an uninterrupted one would be."""
 import pytest
 import torch
 
-from trainables.models import ArchConfig
 from trainables.train import (
     CheckpointError,
     load_checkpoint,
@@ -20,44 +19,50 @@ def run(cfg, data):
 
 
 def test_mlp_learns_digits(cfg_factory, digits):
-    history, _ = run(cfg_factory(epochs=8), digits)
+    history, _ = run(cfg_factory(training={"epochs": 8}), digits)
     assert [m["epoch"] for m in history] == list(range(1, 9))
     assert history[-1]["clean_acc"] >= 0.9
     assert history[-1]["cross_entropy"] < history[0]["cross_entropy"]
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(cfg_factory, digits):
-    a, _ = run(cfg_factory(epochs=2), digits)
-    b, _ = run(cfg_factory(epochs=2), digits)
-    c, _ = run(cfg_factory(epochs=2, seed=1), digits)
+    a, _ = run(cfg_factory(training={"epochs": 2}), digits)
+    b, _ = run(cfg_factory(training={"epochs": 2}), digits)
+    c, _ = run(cfg_factory(seed=1, training={"epochs": 2}), digits)
     assert a == b
     assert a[-1]["loss"] != c[-1]["loss"]
 
 
 def test_penalty_drives_sigmoid_units_into_saturation(cfg_factory, digits):
-    plain, _ = run(cfg_factory(activation="sigmoid", epochs=8), digits)
-    penalised, _ = run(cfg_factory(activation="sigmoid", epochs=8, lam=5.0), digits)
+    plain, _ = run(cfg_factory(activation="sigmoid", training={"epochs": 8}), digits)
+    penalised, _ = run(cfg_factory(activation="sigmoid", lam=5.0, training={"epochs": 8}), digits)
     assert penalised[-1]["saturation/layer1"] > plain[-1]["saturation/layer1"] + 0.3
     assert penalised[-1]["penalty"] < plain[-1]["penalty"]
 
 
 def test_linear_warmup_reports_rising_lambda(cfg_factory, digits):
-    cfg = cfg_factory(lam=2.0, lambda_schedule="linear", warmup_epochs=2, epochs=3)
+    cfg = cfg_factory(
+        lam=2.0, training={"epochs": 3, "penalty": {"schedule": "linear", "warmup_epochs": 2}}
+    )
     history, _ = run(cfg, digits)
     assert [m["effective_lambda"] for m in history] == pytest.approx([1.0, 2.0, 2.0])
 
 
 def test_cnn_metrics_cover_every_hidden_layer(cfg_factory, digits):
-    cfg = cfg_factory(arch=ArchConfig("cnn", (16,), (4,)), activation="sigmoid", epochs=1)
+    cfg = cfg_factory(
+        arch={"kind": "cnn", "hidden": [16], "channels": [4]},
+        activation="sigmoid",
+        training={"epochs": 1},
+    )
     (m,), _ = run(cfg, digits)
     assert {"saturation/layer1", "saturation/layer2", "saturation_float32_flat/layer2"} <= set(m)
     assert {"weight_kurtosis/conv1", "weight_kurtosis/dense1", "weight_kurtosis/out"} <= set(m)
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(cfg_factory, digits, tmp_path):
-    cfg = cfg_factory(epochs=3)
+    cfg = cfg_factory(training={"epochs": 3})
     straight, _ = run(cfg, digits)
-    interrupted, state = run(cfg_factory(epochs=2), digits)
+    interrupted, state = run(cfg_factory(training={"epochs": 2}), digits)
     save_checkpoint(tmp_path / "state.pt", state, {"mlflow_run_id": "abc"})
     resumed = new_state(cfg, digits, torch.device("cpu"))
     extra = load_checkpoint(tmp_path / "state.pt", resumed)
@@ -67,7 +72,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(cfg_factory, digits, t
 
 
 def test_truncated_checkpoint_is_reported(cfg_factory, digits, tmp_path):
-    _, state = run(cfg_factory(epochs=1), digits)
+    _, state = run(cfg_factory(training={"epochs": 1}), digits)
     path = tmp_path / "state.pt"
     save_checkpoint(path, state)
     path.write_bytes(path.read_bytes()[:100])

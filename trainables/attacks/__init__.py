@@ -6,28 +6,26 @@ Every output stays inside the eps-ball around x and inside [0, 1]; the evaluator
 No fp16, AMP or TF32 anywhere. FGSM, PGD, the margin loss, the float64 and surrogate-gradient
 (BPDA) variants, noise and transfer are ours; APGD-CE, APGD-T, Square and AutoAttack come from
 the original AutoAttack code (`pyautoattack`).
+
+`ATTACKS` is the catalog (see `catalog.py`): each module lists its attacks next to their code,
+so adding an attack is one function and one entry, plus its test.
 """
 
+from trainables.attacks import autoattack, blackbox, gradient
 from trainables.attacks.autoattack import apgd_ce, apgd_t, autoattack_standard, square
 from trainables.attacks.blackbox import noise, transfer
+from trainables.attacks.catalog import Attack
 from trainables.attacks.gradient import fgsm, fgsm_stable, pgd_bpda, pgd_ce, pgd_margin
 
-# The cheap tier: run on every trial. `transfer` needs a surrogate model (see evaluate.py).
-CHEAP_ATTACKS = {
-    "fgsm": fgsm,
-    "fgsm_stable": fgsm_stable,
-    "pgd_ce": pgd_ce,
-    "pgd_margin": pgd_margin,
-    "pgd_bpda": pgd_bpda,
-    "apgd_ce": apgd_ce,
-    "apgd_t": apgd_t,
-    "transfer": transfer,
-    "noise": noise,
+# the order of the modules is the default order of evaluation
+ATTACKS: dict[str, Attack] = {
+    a.name: a for module in (gradient, autoattack, blackbox) for a in module.ENTRIES
 }
-# The audit tier: run after the grid on the top trials and every flagged one.
-AUDIT_ATTACKS = {"square": square, "autoattack": autoattack_standard}
+CHEAP_ATTACKS = tuple(n for n, a in ATTACKS.items() if a.tier == "cheap")
+AUDIT_ATTACKS = tuple(n for n, a in ATTACKS.items() if a.tier == "audit")
 
 __all__ = [
-    "AUDIT_ATTACKS", "CHEAP_ATTACKS", "apgd_ce", "apgd_t", "autoattack_standard", "fgsm",
-    "fgsm_stable", "noise", "pgd_bpda", "pgd_ce", "pgd_margin", "square", "transfer",
+    "ATTACKS", "AUDIT_ATTACKS", "CHEAP_ATTACKS", "Attack", "apgd_ce", "apgd_t",
+    "autoattack_standard", "fgsm", "fgsm_stable", "noise", "pgd_bpda", "pgd_ce", "pgd_margin",
+    "square", "transfer",
 ]  # fmt: skip

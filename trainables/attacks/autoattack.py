@@ -11,6 +11,8 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.square import SquareAttack
 from torch import nn
 
+from trainables.attacks.catalog import Attack
+
 # AutoAttack reports every batch through this logger; the evaluator reports what matters.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
 
@@ -103,3 +105,23 @@ def autoattack_standard(
     attack.verbose = False
     x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv
+
+
+def _apgd_options(settings, eps: float) -> dict:
+    return {"iterations": settings.evaluation.apgd_iterations, "seed": settings.evaluation.seed}
+
+
+def _square_options(settings, eps: float) -> dict:
+    return {"queries": settings.audit.square_queries, "seed": settings.evaluation.seed}
+
+
+def _seed_only(settings, eps: float) -> dict:
+    return {"seed": settings.evaluation.seed}
+
+
+ENTRIES = (
+    Attack("apgd_ce", apgd_ce, "cheap", "white", _apgd_options, strengthens="pgd_ce"),
+    Attack("apgd_t", apgd_t, "cheap", "white", _apgd_options, strengthens="pgd_ce"),
+    Attack("square", square, "audit", "black", _square_options),
+    Attack("autoattack", autoattack_standard, "audit", "white", _seed_only, strengthens="pgd_ce"),
+)

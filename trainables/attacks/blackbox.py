@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainables.attacks.catalog import Attack, pgd_options
 from trainables.attacks.gradient import pgd
 from trainables.attacks.losses import project
 
@@ -48,3 +49,13 @@ def transfer(
     """PGD-margin adversarials crafted on `surrogate` (an unpenalised twin), to be scored on
     `model`. `model` is not used to craft them: that is the point."""
     return pgd(surrogate, x, y, eps, loss="margin", **pgd_opts)
+
+
+def _noise_options(settings, eps: float) -> dict:
+    return {"draws": settings.evaluation.noise_draws, "seed": settings.evaluation.seed}
+
+
+ENTRIES = (
+    Attack("transfer", transfer, "cheap", "black", pgd_options, needs_surrogate=True),
+    Attack("noise", noise, "cheap", "black", _noise_options, monotone_checked=False),
+)

@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import nn
 
+from trainables.activations import activation
+from trainables.attacks.catalog import Attack, pgd_options
 from trainables.attacks.losses import LOSSES, input_gradient, project
 
 
@@ -96,27 +98,19 @@ def pgd_margin(
 
 
 class _SurrogateActivation(torch.autograd.Function):
-    """Exact forward; backward through a smooth stand-in whose slope never vanishes. Constant
-    factors (1/T) are dropped: they do not change the direction of a signed step."""
+    """Exact forward; backward through a smooth stand-in whose slope never vanishes (the
+    activation table's `surrogate_slope`)."""
 
     @staticmethod
     def forward(ctx, h, kind: str, temperature: float):
         ctx.save_for_backward(h)
         ctx.kind, ctx.temperature = kind, temperature
-        return {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[kind](h)
+        return activation(kind).forward(h)
 
     @staticmethod
     def backward(ctx, grad_out):
         (h,) = ctx.saved_tensors
-        t = ctx.temperature
-        if ctx.kind == "relu":  # softplus derivative: dead units still pass a gradient
-            slope = torch.sigmoid(h / t)
-        elif ctx.kind == "sigmoid":  # sigma'(h / T): a softened sigmoid's slope, up to 1/T
-            s = torch.sigmoid(h / t)
-            slope = s * (1 - s)
-        else:  # tanh: 1 - tanh(h / T)^2
-            slope = 1 - torch.tanh(h / t) ** 2
-        return grad_out * slope, None, None
+        return grad_out * activation(ctx.kind).surrogate_slope(h, ctx.temperature), None, None
 
 
 def pgd_bpda(
@@ -138,3 +132,16 @@ def pgd_bpda(
     kind = model.activation
     surrogate.act = lambda h: _SurrogateActivation.apply(h, kind, temperature)
     return pgd(surrogate, x, y, eps, loss="margin", **opts)
+
+
+def _bpda_options(settings, eps: float) -> dict:
+    return {**pgd_options(settings, eps), "temperature": settings.evaluation.bpda_temperature}
+
+
+ENTRIES = (
+    Attack("fgsm", fgsm, "cheap", "white"),
+    Attack("fgsm_stable", fgsm_stable, "cheap", "white", strengthens="fgsm"),
+    Attack("pgd_ce", pgd_ce, "cheap", "white", pgd_options),
+    Attack("pgd_margin", pgd_margin, "cheap", "white", pgd_options, strengthens="pgd_ce"),
+    Attack("pgd_bpda", pgd_bpda, "cheap", "white", _bpda_options, strengthens="pgd_ce"),
+)

@@ -1,0 +1,71 @@
+"""The audit tier, after the grid: which finished trials get the strong attacks (the top k by
+worst case among those above the selection floor, plus every flagged one), run as Ray tasks
+with a trial's resources. A failed audit is tagged on its run and does not fail the sweep."""
+
+from __future__ import annotations
+
+import ray
+from mlflow.tracking import MlflowClient
+
+from sweeps.grid import trial_name
+from sweeps.spec import SweepSpec
+from tracking import metric_names as names
+from tracking.runs import find_trial_run
+from tracking.select import DEFAULT_EPS, DEFAULT_MIN_CLEAN_ACC
+from trainables.trainable import SweepContext, audit_trial
+
+
+def rank_eps(spec: SweepSpec) -> float:
+    """The budget that ranks trials: audit.rank_eps, else selection's default if evaluated,
+    else the largest evaluated budget."""
+    if spec.audit.rank_eps is not None:
+        return spec.audit.rank_eps
+    return DEFAULT_EPS if DEFAULT_EPS in spec.evaluation.eps else max(spec.evaluation.eps)
+
+
+def audit_candidates(spec: SweepSpec, results) -> list:
+    """The top-k finished trials by worst case at the ranking eps among those that clear the
+    selection floor (a collapsed, constant classifier keeps its class share "robustly" and must
+    not crowd out real candidates), plus every flagged trial."""
+    key = names.worst_case_acc(rank_eps(spec))
+    finished = [r for r in results if r.error is None and r.checkpoint is not None
+                and key in r.metrics]  # fmt: skip
+    accurate = [r for r in finished if r.metrics.get(names.CLEAN_ACC, 0) >= DEFAULT_MIN_CLEAN_ACC]
+    top = sorted(accurate, key=lambda r: r.metrics[key], reverse=True)[: spec.audit.top_k]
+    suspected = names.masking(names.MASKING_SUSPECTED)
+    flagged = [r for r in finished if r.metrics.get(suspected) == 1.0]
+    return list({r.metrics[names.TRIAL_ID]: r for r in top + flagged}.values())
+
+
+def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowClient) -> None:
+    """One Ray task per candidate, results printed as they arrive."""
+    candidates = audit_candidates(spec, results)
+    task = ray.remote(audit_trial).options(
+        num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
+    )
+    print(
+        f"satsweep: audit ({', '.join(spec.audit.attacks)}) of {len(candidates)} trials: "
+        + ", ".join(trial_name(r.config) for r in candidates)
+    )
+    pending = {}
+    for r in candidates:
+        trial_id = r.metrics[names.TRIAL_ID]
+        run_id = find_trial_run(client, context.experiment_id, context.parent_run_id, trial_id)
+        ref = task.remote(r.config, context, r.checkpoint.path, run_id)
+        pending[ref] = (trial_name(r.config), run_id)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        name, run_id = pending.pop(done[0])
+        try:
+            metrics = ray.get(done[0])
+        except Exception as err:  # one broken audit must not hide the others' results
+            client.set_tag(run_id, "satsweep.audited", f"failed: {type(err).__name__}")
+            print(f"satsweep: audit of {name} failed: {err}")
+            continue
+        worst = {
+            names.eps_key(eps): round(v, 3)
+            for k, v in metrics.items()
+            if (eps := names.parse_worst_case_acc(k)) is not None
+        }
+        suspected = bool(metrics[names.masking(names.MASKING_SUSPECTED)])
+        print(f"satsweep: audited {name}: worst case {worst}, masking_suspected={suspected}")

@@ -1,0 +1,40 @@
+"""The grid: the spec's axes expanded into trial points, as rows for people and as Tune's param
+space. Only the axes go into Tune's config (`trainables.settings.GRID_AXES`); what the trials
+share travels once, bound to the trainable."""
+
+from __future__ import annotations
+
+from ray import tune
+
+from sweeps.spec import SweepSpec
+from trainables.settings import GRID_AXES, run_name
+
+
+def grid_points(spec: SweepSpec) -> list[dict]:
+    """One dict of the grid axes per trial, in the order Tune runs them."""
+    g = spec.grid
+    return [
+        {"arch": arch, "activation": act, "lam": lam, "seed": seed}
+        for seed in g.seeds
+        for lam in g.lambdas
+        for act in g.activations
+        for arch in spec.architectures
+    ]
+
+
+def param_space(spec: SweepSpec) -> dict:
+    """The grid as Tune sees it: one grid_search per axis, so Tune's tables show what varies."""
+    g = spec.grid
+    values = {
+        "arch": list(spec.architectures),
+        "activation": g.activations,
+        "lam": g.lambdas,
+        "seed": g.seeds,
+    }
+    assert tuple(values) == GRID_AXES  # the trainable reads exactly these keys
+    return {axis: tune.grid_search(v) for axis, v in values.items()}
+
+
+def trial_name(config: dict) -> str:
+    """The run name of a grid point, from its axes."""
+    return run_name(config["arch"], config["activation"], config["lam"], config["seed"])

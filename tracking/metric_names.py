@@ -1,0 +1,106 @@
+"""The metric-name schema: how a trial's numbers are named in MLflow, built and parsed here only.
+
+Trials (`trainables`) write these names and selection, the report and the audit (`tracking`,
+`sweeps`) read them; both import this module, which imports nothing of theirs, so the one-way
+rule `sweeps -> trainables -> tracking` holds.
+"""
+
+from __future__ import annotations
+
+CLEAN_ACC = "clean_acc"
+EPOCH = "epoch"
+TRIAL_ID = "trial_id"  # Ray adds it to every reported result
+MASKING_SUSPECTED = "masking_suspected"
+_MASKING = "masking/"
+_MASKING_TAG = "masking."
+_ROBUST = "robust_acc/"
+_WORST = "worst_case_acc/"
+_SECONDS = "attack_seconds/"
+_AUDIT_SET = "audit_set_acc/"
+SATURATION = "saturation/"
+SATURATION_FLAT = "saturation_float32_flat/"
+WEIGHT_KURTOSIS = "weight_kurtosis/"
+
+
+def eps_key(eps: float) -> str:
+    """`eps_0.1`: the budget as it appears in metric names."""
+    return f"eps_{eps:g}"
+
+
+def robust_acc(attack: str, eps: float) -> str:
+    return f"{_ROBUST}{attack}/{eps_key(eps)}"
+
+
+def worst_case_acc(eps: float) -> str:
+    return f"{_WORST}{eps_key(eps)}"
+
+
+def attack_seconds(attack: str) -> str:
+    return f"{_SECONDS}{attack}"
+
+
+def audit_set_acc(attack: str, eps: float) -> str:
+    return f"{_AUDIT_SET}{attack}/{eps_key(eps)}"
+
+
+def masking(diagnostic: str) -> str:
+    """Metric holding a masking diagnostic's value (`masking/<name>`)."""
+    return f"{_MASKING}{diagnostic}"
+
+
+def masking_tag(diagnostic: str) -> str:
+    """Tag holding a masking diagnostic's flag (`masking.<name>` = true/false)."""
+    return f"{_MASKING_TAG}{diagnostic}"
+
+
+def saturation(layer: int) -> str:
+    return f"{SATURATION}layer{layer}"
+
+
+def saturation_flat(layer: int) -> str:
+    return f"{SATURATION_FLAT}layer{layer}"
+
+
+def weight_kurtosis(layer_name: str) -> str:
+    return f"{WEIGHT_KURTOSIS}{layer_name}"
+
+
+def _parse_eps(key: str) -> float | None:
+    if not key.startswith("eps_"):
+        return None
+    try:
+        return float(key[len("eps_") :])
+    except ValueError:
+        return None
+
+
+def parse_robust_acc(name: str) -> tuple[str, float] | None:
+    """(attack, eps) of a `robust_acc/<attack>/eps_<e>` name, else None."""
+    if not name.startswith(_ROBUST):
+        return None
+    attack, _, rest = name[len(_ROBUST) :].partition("/")
+    eps = _parse_eps(rest)
+    return None if eps is None else (attack, eps)
+
+
+def parse_worst_case_acc(name: str) -> float | None:
+    """eps of a `worst_case_acc/eps_<e>` name, else None."""
+    return _parse_eps(name[len(_WORST) :]) if name.startswith(_WORST) else None
+
+
+def parse_attack_seconds(name: str) -> str | None:
+    return name[len(_SECONDS) :] if name.startswith(_SECONDS) else None
+
+
+def flags_from_tags(tags: dict[str, str]) -> list[str]:
+    """Names of the masking diagnostics whose flag tag is 'true', sorted."""
+    return sorted(
+        k[len(_MASKING_TAG) :]
+        for k, v in tags.items()
+        if k.startswith(_MASKING_TAG) and v == "true"
+    )
+
+
+def layer_values(metrics: dict[str, float], prefix: str) -> list[float]:
+    """Every per-layer value under a prefix such as SATURATION."""
+    return [v for k, v in metrics.items() if k.startswith(prefix)]

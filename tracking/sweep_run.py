@@ -1,0 +1,98 @@
+"""The sweep's parent run, from start to end: created with the spec (params under the spec's
+dotted names, the file as an artifact), reopened on resume, and closed after its trial runs are
+reconciled, so that no run of the sweep is left RUNNING."""
+
+from __future__ import annotations
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from tracking.runs import (
+    ROLE_TAG,
+    TRIAL_ID_TAG,
+    code_version,
+    finish_run,
+    log_params,
+    search_all,
+    version_tags,
+)
+
+
+class SweepNotFound(LookupError):
+    """No sweep of that name, or no parent run for it, in this store: phrased for people."""
+
+
+def start_sweep_run(
+    client: MlflowClient, experiment_id: str, name: str, spec_text: str, params: dict[str, str]
+) -> str:
+    """The parent run: role tag, the spec's flat params, the spec file as an artifact."""
+    tags = {ROLE_TAG: "sweep", "satsweep.git_commit": code_version(), **version_tags()}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    log_params(client, run_id, params)
+    client.log_text(run_id, spec_text, "spec.yaml")
+    return run_id
+
+
+def latest_sweep_run(client: MlflowClient, sweep: str) -> tuple[str, Run]:
+    """(experiment id, latest parent run) of the sweep called `sweep`."""
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise SweepNotFound(
+            f"no sweep named {sweep!r} in this store; sweeps here: "
+            f"{', '.join(n for n in names if n != 'Default') or 'none'}"
+        )
+    parents = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{ROLE_TAG}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        raise SweepNotFound(f"sweep {sweep!r} has no sweep run in this store")
+    return exp.experiment_id, parents[0]
+
+
+def reopen_sweep_run(client: MlflowClient, sweep: str) -> tuple[str, str] | None:
+    """(experiment id, parent run id) of the sweep's latest launch, marked RUNNING again and
+    tagged resumed; None when that launch already finished."""
+    experiment_id, parent = latest_sweep_run(client, sweep)
+    if parent.info.status == "FINISHED":
+        return None
+    client.update_run(parent.info.run_id, status="RUNNING")
+    client.set_tag(parent.info.run_id, "satsweep.resumed", "true")
+    return experiment_id, parent.info.run_id
+
+
+def reconcile_trial_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, ray_status: dict[str, str]
+) -> int:
+    """Close trial runs that a stopped or crashed trial left RUNNING; returns how many.
+
+    `ray_status` maps Ray trial id -> 'TERMINATED' (finished or early-stopped) or 'ERROR'.
+    """
+    runs = search_all(
+        client,
+        experiment_id,
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        trial_status = ray_status.get(run.data.tags.get(TRIAL_ID_TAG, ""), "ERROR")
+        if trial_status == "TERMINATED":
+            finish_run(client, run.info.run_id, "FINISHED", note="stopped_early")
+        else:
+            finish_run(client, run.info.run_id, "FAILED", note="failed")
+    return len(runs)
+
+
+def close_sweep_run(client: MlflowClient, parent_run_id: str, failed: int | None) -> None:
+    """End the parent run: FINISHED (`finished`, or `partial` when `failed` trials failed) once
+    the grid ran, FAILED when the driver itself broke (`failed` is None). Reconcile the trial
+    runs first, so none outlives it RUNNING."""
+    if failed is None:
+        finish_run(client, parent_run_id, "FAILED", note="failed")
+        return
+    client.set_tag(parent_run_id, "satsweep.trials_failed", str(failed))
+    finish_run(client, parent_run_id, "FINISHED", note="finished" if not failed else "partial")

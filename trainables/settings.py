@@ -1,0 +1,268 @@
+"""A trial's settings: one typed declaration and the single home of every default.
+
+The sweep spec (`sweeps.spec.SweepSpec`) is these sections plus the grid and what only the
+driver needs; a trial receives `TrialSettings`, the same sections plus its grid point. Both are
+logged as MLflow params under the same dotted names (`training.optimizer.lr`), so the compare
+view lines the sweep run and its trials up.
+
+Validation is pydantic's (strict types, no NaN or infinity, no unknown keys); a check that needs
+several fields raises `FieldProblem`, which names the field, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+
+from trainables.activations import ACTIVATIONS
+from trainables.attacks import AUDIT_ATTACKS, CHEAP_ATTACKS
+from trainables.data import DATASETS
+
+# Stated once and logged with every trial (under `numerics.`): what the numbers mean.
+NUMERICS = {
+    "dtype": "float32",  # training and evaluation; no AMP, no TF32
+    "tf32": False,
+    "penalty_batch_reduction": "mean",
+    "saturation_rule": "activation table: relu h <= 0; sigmoid/tanh |h| > saturation_threshold",
+    "weight_kurtosis_kind": "excess (Fisher)",
+    "train_acc_kind": "running accuracy over the epoch's batches",
+    "robust_acc_counts": "points correct on the clean input and on the attack's output",
+    "transfer_surrogate": "the lambda = 0 twin: same architecture, activation, seed and recipe, "
+    "trained in-trial (the model itself when lambda = 0)",
+}
+GRID_AXES = ("arch", "activation", "lam", "seed")  # what varies from trial to trial
+MAX_WIDTH = 1 << 16  # units or channels of one layer: far beyond what fits these datasets
+MAX_EPOCHS = 100_000
+
+ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+CheapAttack = Literal[CHEAP_ATTACKS]  # type: ignore[valid-type]
+AuditAttack = Literal[AUDIT_ATTACKS]  # type: ignore[valid-type]
+Eps = Annotated[float, Field(gt=0, le=1, json_schema_extra={"fix": "use e.g. 0.1 (MNIST)"})]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class FieldProblem(ValueError):
+    """A cross-field check failed: `where` is the dotted path below the model that raised it."""
+
+    def __init__(self, where: str, problem: str, fix: str):
+        self.where, self.problem, self.fix = where, problem, fix
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
+
+
+def require(ok: bool, where: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise FieldProblem(where, problem, fix)
+
+
+def fix(text: str) -> dict[str, Any]:
+    """Field(...) extra carrying the fix a person should apply when the value is refused."""
+    return {"json_schema_extra": {"fix": text}}
+
+
+class Section(BaseModel):
+    """Strict: 1.0 is not an int, "3" is not a number, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class DatasetSettings(Section):
+    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    # a torchvision root; relative paths resolve against the working directory
+    data_dir: str | None = None
+    download: bool = False
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """Ray workers run in other directories: resolve against the driver's one, once."""
+        return str(Path(value).expanduser().resolve()) if value else value
+
+    @model_validator(mode="after")
+    def _needs_a_root(self) -> DatasetSettings:
+        require(
+            self.name == "digits" or bool(self.data_dir),
+            "data_dir",
+            f"required for dataset {self.name!r}",
+            "point it at a torchvision root folder (and set download: true to fetch it there)",
+        )
+        return self
+
+
+class ArchitectureSettings(Section):
+    """`mlp`: dense hidden widths. `cnn`: 3x3 conv channels (each conv, activation, 2x2 max-pool),
+    then dense hidden widths."""
+
+    kind: Literal["mlp", "cnn"]
+    hidden: list[Annotated[int, Field(gt=0, le=MAX_WIDTH, **fix("use positive layer widths"))]] = []
+    channels: list[Annotated[int, Field(gt=0, le=MAX_WIDTH, **fix("use positive channels"))]] = []
+
+    @computed_field  # logged as `arch.name`
+    @property
+    def name(self) -> str:
+        dense = "x".join(map(str, self.hidden)) or "linear"
+        if self.kind == "mlp":
+            return f"mlp-{dense}"
+        return f"cnn-c{'x'.join(map(str, self.channels))}-{dense}"
+
+    @model_validator(mode="after")
+    def _layers_fit_the_kind(self) -> ArchitectureSettings:
+        require(
+            self.kind == "cnn" or not self.channels,
+            "channels",
+            "an mlp has no conv channels",
+            "use kind: cnn, or drop channels",
+        )
+        require(
+            self.kind == "mlp" or bool(self.channels),
+            "channels",
+            "a cnn needs at least one conv layer",
+            "add channels: [8, 16], or use kind: mlp",
+        )
+        require(
+            bool(self.hidden) or bool(self.channels),
+            "hidden",
+            "has no hidden layer, so there is nothing to saturate",
+            "add hidden: [64]",
+        )
+        return self
+
+
+class OptimizerSettings(Section):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10, **fix("use e.g. 1.0e-3"))
+    momentum: float = Field(0.0, ge=0, lt=1, **fix("use e.g. 0.9 (sgd only)"))
+    weight_decay: float = Field(0.0, ge=0, le=1, **fix("use 0, or e.g. 5.0e-4"))
+
+
+class PenaltySettings(Section):
+    """The saturation penalty: per layer `sum` or `mean` of psi over units, summed over layers,
+    averaged over the batch; lambda held (`constant`) or ramped from 0 (`linear`)."""
+
+    reduction: Literal["sum", "mean"] = "mean"
+    schedule: Literal["constant", "linear"] = "linear"
+    warmup_epochs: int = Field(5, ge=0, le=MAX_EPOCHS, **fix("use 0 for no warm-up"))
+
+
+class TrainingSettings(Section):
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS, **fix("train for at least one epoch"))
+    batch_size: int = Field(64, ge=1, le=1 << 20, **fix("use e.g. 64"))
+    eval_batch_size: int = Field(1000, ge=1, le=1 << 20, **fix("use e.g. 1000"))
+    optimizer: OptimizerSettings = OptimizerSettings()
+    penalty: PenaltySettings = PenaltySettings()
+    # |h| beyond which a sigmoid/tanh unit counts as saturated
+    saturation_threshold: float = Field(5.0, gt=0, le=1e4, **fix("use e.g. 5.0"))
+    # epochs between checkpoints (the last epoch is always saved); a resumed trial repeats at
+    # most checkpoint_every - 1 epochs
+    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, **fix("checkpoint every N >= 1 epochs"))
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingSettings:
+        p = self.penalty
+        require(
+            p.schedule != "linear" or p.warmup_epochs <= self.epochs,
+            "penalty.warmup_epochs",
+            f"is longer than training ({p.warmup_epochs} > {self.epochs} epochs)",
+            "shorten the warm-up or train longer",
+        )
+        return self
+
+
+class MaskingSettings(Section):
+    """Thresholds of the gradient-masking flags (trainables/masking.py), as fractions."""
+
+    zero_grad_threshold: Fraction = 0.05  # points with an exactly-zero input gradient
+    gap_threshold: Fraction = 0.10  # naive minus stabilised attack accuracy
+    tolerance: Fraction = 0.02  # slack for "beats" and "non-monotone" comparisons
+    unbounded_threshold: Fraction = 0.05  # PGD-CE accuracy allowed at the unbounded eps
+
+
+def _steps(default: int) -> Any:
+    return Field(default, ge=1, le=1_000_000, **fix(f"use e.g. {default}"))
+
+
+class EvaluationSettings(Section):
+    size: int = Field(1000, ge=1, le=1 << 24, **fix("use e.g. 1000"))  # capped at the test split
+    seed: int = Field(0, ge=0, le=2**63 - 1, **fix("use a seed >= 0"))
+    eps: list[Eps] = Field([0.05, 0.1, 0.2, 0.3], min_length=1)
+    unbounded_eps: Eps = 1.0  # accuracy should reach ~0 here: the whole [0, 1] box
+    attacks: list[CheapAttack] = Field(list(CHEAP_ATTACKS), min_length=1)
+    pgd_steps: int = _steps(40)
+    pgd_restarts: int = _steps(1)
+    pgd_step_factor: float = Field(2.5, gt=0, le=100, **fix("use 2.5"))  # step = factor*eps/steps
+    apgd_iterations: int = _steps(100)
+    noise_draws: int = _steps(100)
+    bpda_temperature: float = Field(4.0, gt=0, le=1e4, **fix("use 4.0"))
+    every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 to turn off"))  # FGSM, PGD-CE
+    masking: MaskingSettings = MaskingSettings()
+
+
+class AuditSettings(Section):
+    """Square and AutoAttack `standard` after the grid, on the top-k and every flagged trial."""
+
+    enabled: bool = True
+    top_k: int = Field(2, ge=0, le=1_000_000, **fix("use 0 to audit flagged trials only"))
+    rank_eps: Eps | None = None  # ranks the top k (default: 0.1 if evaluated, else the largest)
+    size: int = Field(1000, ge=1, le=1 << 24, **fix("use e.g. 1000"))  # contains evaluation set
+    eps: list[Eps] | None = Field(None, min_length=1)  # default: evaluation.eps
+    attacks: list[AuditAttack] = list(AUDIT_ATTACKS)
+    square_queries: int = _steps(5000)
+
+
+class SweepSettings(Section):
+    """The sections every trial of a sweep shares."""
+
+    dataset: DatasetSettings = DatasetSettings()
+    training: TrainingSettings = TrainingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    audit: AuditSettings = AuditSettings()
+
+    def shared(self) -> SweepSettings:
+        """Just these sections (a subclass's extra fields dropped), to hand to the trials."""
+        return SweepSettings(**{name: getattr(self, name) for name in SweepSettings.model_fields})
+
+
+class TrialSettings(SweepSettings):
+    """One grid point plus the shared sections: everything one trial's numbers depend on."""
+
+    arch: ArchitectureSettings
+    activation: ActivationName
+    lam: float = Field(ge=0)
+    seed: int = Field(ge=0)
+
+    @classmethod
+    def at(cls, shared: SweepSettings, **point: Any) -> TrialSettings:
+        return cls(**{name: getattr(shared, name) for name in SweepSettings.model_fields}, **point)
+
+    @property
+    def run_name(self) -> str:
+        return run_name(self.arch.name, self.activation, self.lam, self.seed)
+
+    def params(self) -> dict[str, str]:
+        """MLflow params: the settings under their dotted spec names, plus the numerics."""
+        return flatten({**self.model_dump(mode="json"), "numerics": NUMERICS})
+
+
+def run_name(arch_name: str, activation: str, lam: float, seed: int) -> str:
+    """Readable, unique within a sweep: `mlp-200x200_sigmoid_lam30_seed0`."""
+    return f"{arch_name}_{activation}_lam{lam:g}_seed{seed}"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}: MLflow params are flat strings."""
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value)
+    return flat
