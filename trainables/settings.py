@@ -158,6 +158,8 @@ class TrainingSettings(Section):
     eval_batch_size: int = Field(1000, ge=1, le=1 << 20, **fix("use e.g. 1000"))
     optimizer: OptimizerSettings = OptimizerSettings()
     penalty: PenaltySettings = PenaltySettings()
+    # clip the gradient's global L2 norm to this before each step (None: no clipping)
+    grad_clip_norm: float | None = Field(None, gt=0, le=1e6, **fix("use e.g. 1.0, or null"))
     # |h| beyond which a sigmoid/tanh unit counts as saturated
     saturation_threshold: float = Field(5.0, gt=0, le=1e4, **fix("use e.g. 5.0"))
     # epochs between checkpoints (the last epoch is always saved); a resumed trial repeats at

@@ -91,6 +91,8 @@ def train_one_epoch(cfg: TrialSettings, data: Dataset, state: TrainState, epoch:
         loss = ce + lam_t * penalty if lam_t > 0 else ce
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if t.grad_clip_norm is not None:  # returns the norm as a tensor: no host sync
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
         opt.step()
         with torch.no_grad():  # running sums; train_acc is the running accuracy of the epoch
             correct = (logits.argmax(1) == y).sum() / len(y)

@@ -207,3 +207,8 @@ def test_cli_silent_tracking_server_exits_2(tmp_path):
     )
     assert out.returncode == 2 and "does not answer" in out.stderr
     assert "secret" not in out.stderr + out.stdout  # credentials are redacted
+
+
+def test_grad_clip_norm_must_be_positive():
+    with pytest.raises(SpecError, match=r"training.grad_clip_norm: must be > 0.*Fix:"):
+        parse_spec(with_change("training.grad_clip_norm", 0.0), source="bad.yaml")

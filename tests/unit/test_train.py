@@ -10,6 +10,7 @@ from trainables.train import (
     new_state,
     save_checkpoint,
     train,
+    train_one_epoch,
 )
 
 
@@ -78,3 +79,24 @@ def test_truncated_checkpoint_is_reported(cfg_factory, digits, tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(path, state)
+
+
+def test_gradient_clipping_bounds_each_step(cfg_factory, digits):
+    """With the global gradient norm clipped to c, one SGD step moves the weights by at most
+    lr * c; unclipped, the same step moves them further."""
+
+    def first_step_size(clip):
+        training = {"epochs": 1, "batch_size": 2000, "grad_clip_norm": clip,
+                    "optimizer": {"name": "sgd", "lr": 1.0}}  # fmt: skip
+        cfg = cfg_factory(training=training)
+        state = new_state(cfg, digits, torch.device("cpu"))
+        before = torch.cat([p.detach().flatten().clone() for p in state.model.parameters()])
+        train_one_epoch(cfg, digits, state, epoch=1)  # one batch: the whole split
+        after = torch.cat([p.detach().flatten() for p in state.model.parameters()])
+        return (after - before).norm().item()
+
+    assert first_step_size(1e-3) <= 1e-3 * (1 + 1e-4)
+    assert first_step_size(None) > 10 * 1e-3
+    assert (
+        cfg_factory(training={"grad_clip_norm": 0.5}).params()["training.grad_clip_norm"] == "0.5"
+    )
