@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.grid import trial_name
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
-from tracking.runs import find_trial_run
+from tracking.runs import AUDITED_TAG, find_trial_run
 from tracking.select import DEFAULT_EPS, DEFAULT_MIN_CLEAN_ACC
 from trainables.trainable import SweepContext, audit_trial
 
@@ -25,11 +25,11 @@ def rank_eps(spec: SweepSpec) -> float:
 
 def audit_candidates(spec: SweepSpec, results) -> list:
     """The top-k finished trials by worst case at the ranking eps among those that clear the
-    selection floor (a collapsed, constant classifier keeps its class share "robustly" and must
-    not crowd out real candidates), plus every flagged trial."""
+    selection floor, plus every flagged trial; never a collapsed one (a constant classifier
+    keeps its class share "robustly": there is nothing to audit)."""
     key = names.worst_case_acc(rank_eps(spec))
     finished = [r for r in results if r.error is None and r.checkpoint is not None
-                and key in r.metrics]  # fmt: skip
+                and key in r.metrics and not r.metrics.get(names.COLLAPSED)]  # fmt: skip
     accurate = [r for r in finished if r.metrics.get(names.CLEAN_ACC, 0) >= DEFAULT_MIN_CLEAN_ACC]
     top = sorted(accurate, key=lambda r: r.metrics[key], reverse=True)[: spec.audit.top_k]
     suspected = names.masking(names.MASKING_SUSPECTED)
@@ -59,7 +59,7 @@ def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowCli
         try:
             metrics = ray.get(done[0])
         except Exception as err:  # one broken audit must not hide the others' results
-            client.set_tag(run_id, "satsweep.audited", f"failed: {type(err).__name__}")
+            client.set_tag(run_id, AUDITED_TAG, f"failed: {type(err).__name__}")
             print(f"satsweep: audit of {name} failed: {err}")
             continue
         worst = {

@@ -20,6 +20,7 @@ from tracking.select import (
     pareto_front,
     record_selection,
     select_best,
+    verdict,
 )
 from tracking.sweep_run import SweepNotFound
 from trainables.data import DatasetNotFoundError
@@ -166,11 +167,15 @@ def _print_trials(spec) -> None:
 
     rows = grid_points(spec)
     width = max(len(trial_name(r)) for r in rows)
-    print(f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} {'seed':>4}")
+    print(
+        f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} "
+        f"{'defence':<8} {'seed':>4}"
+    )
     for r in rows:
+        kind = spec.defences[r["defence"]].kind
         print(
             f"{trial_name(r):<{width}}  {r['arch']:<18} {r['activation']:<10} "
-            f"{r['lam']:>8g} {r['seed']:>4}"
+            f"{r['lam']:>8g} {kind:<8} {r['seed']:>4}"
         )
     print(f"{len(rows)} trials, {spec.training.epochs} epochs each, dataset {spec.dataset.name}")
 
@@ -232,10 +237,10 @@ def cmd_best(args) -> int:
     print(f"sweep {args.sweep}: {len(candidates)} trials; rule: {RULE}")
     print(
         f"{'':2}{'run':<{width}}  {'λ':>6}  {'arch':<14} {'act':<8} {'clean':>6}  "
-        f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  flags / excluded because"
+        f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  in or out, and why"
     )
     for c in ranked[: args.top]:
-        why = ", ".join(c.flags) if c.run_id in pool else _excluded(c, args)
+        why = verdict(c, args.min_clean_acc, args.include_flagged)[1]
         mark = "*" if c is chosen else " "
         print(
             f"{mark} {c.run_name:<{width}}  {c.lam:>6g}  {c.arch:<14} {c.activation:<8} "
@@ -255,16 +260,6 @@ def cmd_best(args) -> int:
         record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
         print(f"recorded this selection on the sweep run {parent} (tags satsweep.selection.*)")
     return 0
-
-
-def _excluded(c, args) -> str:
-    if c.status != "finished":
-        return f"excluded: {c.status or 'not finished'}"
-    if c.worst is None:
-        return "excluded: not evaluated"
-    if c.clean < args.min_clean_acc:
-        return f"excluded: clean < {args.min_clean_acc:g}"
-    return "excluded: " + ", ".join(c.flags)
 
 
 def cmd_export(args) -> int:

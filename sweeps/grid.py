@@ -14,8 +14,9 @@ def grid_points(spec: SweepSpec) -> list[dict]:
     """One dict of the grid axes per trial, in the order Tune runs them."""
     g = spec.grid
     return [
-        {"arch": arch, "activation": act, "lam": lam, "seed": seed}
+        {"arch": arch, "activation": act, "lam": lam, "defence": defence, "seed": seed}
         for seed in g.seeds
+        for defence in spec.defences
         for lam in g.lambdas
         for act in g.activations
         for arch in spec.architectures
@@ -29,6 +30,7 @@ def param_space(spec: SweepSpec) -> dict:
         "arch": list(spec.architectures),
         "activation": g.activations,
         "lam": g.lambdas,
+        "defence": list(spec.defences),
         "seed": g.seeds,
     }
     assert tuple(values) == GRID_AXES  # the trainable reads exactly these keys
@@ -37,4 +39,6 @@ def param_space(spec: SweepSpec) -> dict:
 
 def trial_name(config: dict) -> str:
     """The run name of a grid point, from its axes."""
-    return run_name(config["arch"], config["activation"], config["lam"], config["seed"])
+    return run_name(
+        config["arch"], config["activation"], config["lam"], config["seed"], config["defence"]
+    )

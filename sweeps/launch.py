@@ -112,6 +112,7 @@ def run_sweep(
     context = SweepContext(
         shared=spec.shared(),
         architectures=spec.architectures,
+        defences=spec.defences,
         tracking_uri=tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=parent,

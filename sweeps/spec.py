@@ -6,6 +6,7 @@ before Ray starts; every problem becomes one `SpecError` naming the file, the fi
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from trainables.settings import (
     ActivationName,
     ArchitectureSettings,
+    DefenceSettings,
     FieldProblem,
     Section,
     SweepSettings,
@@ -43,20 +45,23 @@ class GridSpec(Section):
         min_length=1
     )
     seeds: list[typing.Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field([0], min_length=1)
+    # training-time defences, crossed with the other axes (`none`: plain training)
+    defences: list[DefenceSettings] = Field([DefenceSettings()], min_length=1)
 
     @model_validator(mode="after")
     def _each_value_once(self) -> GridSpec:
         for key in ("activations", "lambdas", "seeds"):
             values = getattr(self, key)
             require(len(set(values)) == len(values), key, "has repeated values", "list each once")
-        names = [a.name for a in self.architectures]
-        for i, name in enumerate(names):
-            require(
-                name not in names[:i],
-                f"architectures[{i}]",
-                f"duplicates architecture {name}",
-                "list it once",
-            )
+        for key, entries in (("architectures", self.architectures), ("defences", self.defences)):
+            names = [e.name if key == "architectures" else e.label for e in entries]
+            for i, name in enumerate(names):
+                require(
+                    name not in names[:i],
+                    f"{key}[{i}]",
+                    f"duplicates {name}",
+                    "list each entry once",
+                )
         return self
 
 
@@ -121,9 +126,14 @@ class SweepSpec(SweepSettings):
         return {a.name: a for a in self.grid.architectures}
 
     @property
+    def defences(self) -> dict[str, DefenceSettings]:
+        return {d.label: d for d in self.grid.defences}
+
+    @property
     def num_trials(self) -> int:
         g = self.grid
-        return len(g.architectures) * len(g.activations) * len(g.lambdas) * len(g.seeds)
+        axes = (g.architectures, g.activations, g.lambdas, g.defences, g.seeds)
+        return math.prod(len(a) for a in axes)
 
 
 # ---- loading ------------------------------------------------------------------------------

@@ -14,9 +14,12 @@ from tracking.runs import trial_runs
 from tracking.select import (
     DEFAULT_EPS,
     DEFAULT_MIN_CLEAN_ACC,
-    eligible,
+    RULE,
+    SelectionError,
     load_candidates,
     pareto_front,
+    select_best,
+    verdict,
 )
 from tracking.sweep_run import latest_sweep_run
 
@@ -29,21 +32,31 @@ def _evaluated_trial_runs(client: MlflowClient, sweep: str):
     return parent.info.run_id, [r for r in runs if names.CLEAN_ACC in r.data.metrics]
 
 
-def _groups(runs) -> dict[tuple[str, str], list]:
-    """Runs per (architecture, activation), sorted by lambda."""
+def defence_label(params: dict) -> str:
+    """`none`, or the defence kind and its eps (`pgd ε=0.1`): one series per label."""
+    kind = params.get("defence", "none")
+    return kind if kind == "none" else f"{kind} ε={float(params.get('defence.eps', 'nan')):g}"
+
+
+def _groups(runs, by_defence: bool = True) -> dict[tuple[str, ...], list]:
+    """Runs per (architecture, activation[, defence]), sorted by lambda."""
     groups = defaultdict(list)
     for r in runs:
-        groups[(r.data.params.get("arch.name", "?"), r.data.params.get("activation", "?"))].append(
-            r
-        )
+        p = r.data.params
+        key = (p.get("arch.name", "?"), p.get("activation", "?"))
+        groups[(*key, defence_label(p)) if by_defence else key].append(r)
     return {
         k: sorted(v, key=lambda r: float(r.data.params["lam"])) for k, v in sorted(groups.items())
     }
 
 
 def _lam_axis(ax, lams: list[float]) -> None:
+    """Symlog λ axis (0 and decades side by side) with ticks at the grid's own values."""
     positive = [x for x in lams if x > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    ticks = sorted(set(lams))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("λ")
 
 
@@ -57,7 +70,7 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for unused in axes[len(groups) :]:
         unused.set_visible(False)
-    for ax, ((arch, act), rs) in zip(axes, groups.items(), strict=False):
+    for ax, (key, rs) in zip(axes, groups.items(), strict=False):
         lams = [float(r.data.params["lam"]) for r in rs]
         attacks = sorted(
             {
@@ -96,7 +109,7 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
         )
         _lam_axis(ax, lams)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{arch}, {act}, ε = {eps:g}")
+        ax.set_title(f"{', '.join(key)}; ε = {eps:g}", fontsize=9)
         ax.set_ylabel("accuracy")
     axes[cols - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
@@ -142,7 +155,7 @@ def saturation_vs_lambda(runs) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     all_lams = []
-    for (arch, act), rs in _groups(runs).items():
+    for (arch, act, defence), rs in _groups(runs).items():
         lams = [float(r.data.params["lam"]) for r in rs]
         all_lams += lams
         for prefix, style in ((names.SATURATION, "-"), (names.SATURATION_FLAT, "--")):
@@ -153,7 +166,7 @@ def saturation_vs_lambda(runs) -> Figure:
                     ys,
                     ls=style,
                     marker="o",
-                    label=f"{arch} {act}" + (" float32-flat" if "flat" in prefix else ""),
+                    label=f"{arch} {act} {defence}" + (" float32-flat" if "flat" in prefix else ""),
                 )
     _lam_axis(ax, all_lams or [1.0])
     ax.set_ylabel("fraction of hidden units")
@@ -168,27 +181,108 @@ def _layer_mean(metrics: dict, prefix: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summary_markdown(candidates, eps: float, min_clean_acc: float) -> str:
-    rows = sorted(candidates, key=lambda c: (c.arch, c.activation, c.lam))
-    pool = {c.run_id for c in eligible(candidates, min_clean_acc, include_flagged=False)}
+def defence_comparison(runs, eps: float) -> Figure:
+    """The paper's question at a glance: worst-case accuracy at eps (solid) and naive FGSM
+    (dashed) against λ, one colour per defence, one panel per architecture x activation."""
+    groups = _groups(runs, by_defence=False)
+    labels = sorted({defence_label(r.data.params) for r in runs})
+    colour = {label: colormaps["tab10"](i % 10) for i, label in enumerate(labels)}
+    fig = Figure(figsize=(5.5 * len(groups) + 1.5, 4.2))
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, ((arch, act), rs) in zip(axes, groups.items(), strict=True):
+        for label in labels:
+            mine = [r for r in rs if defence_label(r.data.params) == label]
+            if not mine:
+                continue
+            lams = [float(r.data.params["lam"]) for r in mine]
+            worst = [r.data.metrics.get(names.worst_case_acc(eps)) for r in mine]
+            fgsm = [r.data.metrics.get(names.robust_acc(NAIVE, eps)) for r in mine]
+            ax.plot(lams, worst, color=colour[label], marker="s", lw=2, label=f"{label}: worst")
+            ax.plot(lams, fgsm, color=colour[label], ls="--", marker="o", lw=1, alpha=0.7,
+                    label=f"{label}: FGSM")  # fmt: skip
+        _lam_axis(ax, [float(r.data.params["lam"]) for r in rs])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{arch}, {act}: accuracy at ε = {eps:g}", fontsize=9)
+        ax.set_ylabel("accuracy")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def _eps_values(runs) -> list[float]:
+    return sorted(
+        {e for r in runs for k in r.data.metrics if (e := names.parse_worst_case_acc(k)) and e < 1}
+    )
+
+
+def defence_table(runs, candidates, eps: float) -> list[str]:
+    """Markdown rows per (activation, defence, λ): clean, naive FGSM, worst case per eps,
+    whether audited, and the training cost per epoch as a ratio to `none` with the same
+    architecture, activation and λ."""
+    by_id = {c.run_id: c for c in candidates}
+    eps_list = _eps_values(runs)
+    cost = {}
+    for r in runs:
+        p = r.data.params
+        cost[(p.get("arch.name"), p.get("activation"), p.get("lam"), defence_label(p))] = (
+            r.data.metrics.get(names.SECONDS_PER_EPOCH)
+        )
+    header = ["architecture", "activation", "defence", "λ", "clean", f"FGSM ε={eps:g}"]
+    header += [f"worst ε={e:g}" for e in eps_list] + ["audited", "s/epoch", "cost vs none", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = sorted(runs, key=lambda r: (r.data.params.get("arch.name"), r.data.params.get(
+        "activation"), defence_label(r.data.params), float(r.data.params["lam"])))  # fmt: skip
+    for r in rows:
+        p, m, c = r.data.params, r.data.metrics, by_id.get(r.info.run_id)
+        key = (p.get("arch.name"), p.get("activation"), p.get("lam"))
+        seconds, base = cost.get((*key, defence_label(p))), cost.get((*key, "none"))
+        ratio = f"{seconds / base:.1f}×" if seconds and base else "–"
+        note = "collapsed" if c and c.collapsed else ", ".join(c.flags) if c and c.flags else ""
+        cells = [p.get("arch.name", "?"), p.get("activation", "?"), defence_label(p),
+                 f"{float(p['lam']):g}", _fmt(m.get(names.CLEAN_ACC)),
+                 _fmt(m.get(names.robust_acc(NAIVE, eps)))]  # fmt: skip
+        cells += [_fmt(m.get(names.worst_case_acc(e))) for e in eps_list]
+        cells += ["yes" if c and c.audited else "no", _fmt(seconds, 2), ratio, note or "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def summary_markdown(candidates, eps: float, min_clean_acc: float, runs=()) -> str:
+    rows = sorted(candidates, key=lambda c: (c.arch, c.activation, c.defence, c.lam))
+    try:
+        champion = select_best(candidates, min_clean_acc, include_flagged=False).run_id
+    except SelectionError:
+        champion = None
     lines = [
         f"# Sweep summary (ε = {eps:g})",
         "",
-        "| run | λ | architecture | activation | clean | FGSM | worst case | flags | eligible |",
+        "| run | λ | defence | activation | clean | FGSM | worst case | flags | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
-        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        why = verdict(c, min_clean_acc, include_flagged=False)[1]
+        name = f"**{c.run_name}** (champion)" if c.run_id == champion else c.run_name
         lines.append(
-            f"| {c.run_name} | {c.lam:g} | {c.arch} | {c.activation} | {fmt(c.clean)} | "
-            f"{fmt(c.fgsm)} | {fmt(c.worst)} | {', '.join(c.flags) or '–'} | "
-            f"{'yes' if c.run_id in pool else 'no'} |"
+            f"| {name} | {c.lam:g} | {c.defence} | {c.activation} | {_fmt(c.clean)} | "
+            f"{_fmt(c.fgsm)} | {_fmt(c.worst)} | {', '.join(c.flags) or '–'} | {why} |"
         )
     lines += [
         "",
-        f"Eligible: FINISHED, clean ≥ {min_clean_acc:g}, no masking flag. "
-        "Worst case is per example over every attack run on the point.",
+        f"Rule: {RULE} (min_clean_acc {min_clean_acc:g}, eps {eps:g}). Worst case is per example "
+        "over every attack run on the point; audited trials include Square and AutoAttack.",
     ]
+    if runs and len({defence_label(r.data.params) for r in runs}) > 1:
+        lines += ["", "## Defences compared", ""] + defence_table(runs, candidates, eps)
+        lines += [
+            "",
+            "`s/epoch` is the mean wall-clock training time per epoch (attack crafting "
+            "included); `cost vs none` divides it by the undefended trial with the same "
+            "architecture, activation and λ.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +301,10 @@ def write_report(
         "report/clean_vs_worst_case.png": clean_vs_worst(candidates, eps),
         "report/saturation_vs_lambda.png": saturation_vs_lambda(runs),
     }
+    if len({defence_label(r.data.params) for r in runs}) > 1:
+        artifacts["report/defence_comparison.png"] = defence_comparison(runs, eps)
     for path, fig in artifacts.items():
         client.log_figure(parent, fig, path)
-    client.log_text(parent, summary_markdown(candidates, eps, min_clean_acc), "report/summary.md")
+    summary = summary_markdown(candidates, eps, min_clean_acc, runs)
+    client.log_text(parent, summary, "report/summary.md")
     return [*artifacts, "report/summary.md"]

@@ -1,7 +1,11 @@
 """Choosing the most robust model of a sweep by a masking-aware rule (docs/method.md, section 5).
 
-Default rule: among FINISHED trials with clean_acc >= the floor, maximise worst_case_acc at the
-chosen eps, excluding trials with masking suspected unless asked; ties go to clean accuracy.
+Default rule: among eligible trials, maximise worst_case_acc at the chosen eps; ties go to clean
+accuracy. Eligible (`verdict` says why, in words): FINISHED, evaluated at eps, not collapsed,
+clean_acc >= the floor, and either no masking flag, or flagged but audited with no flag that
+questions the worst case itself. A flag means the cheap attacks may have been fooled; the audit
+(Square, AutoAttack, merged per example) answers that, unless the attacks could not even reach
+~0 accuracy at the unbounded budget or accuracy rose with eps, which question every attack.
 Everything here reads MLflow runs; nothing needs a model. Only `record_selection` writes, and
 only when a command is asked to (`satsweep best --record`).
 """
@@ -13,13 +17,16 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from tracking import metric_names as names
-from tracking.runs import STATUS_TAG, trial_runs
+from tracking.runs import AUDITED_TAG, COLLAPSED_TAG, STATUS_TAG, trial_runs
 from tracking.sweep_run import SweepNotFound, latest_sweep_run
 
 RULE = (
-    "among FINISHED trials with clean_acc >= min_clean_acc, maximise worst_case_acc at eps, "
-    "excluding masking_suspected trials unless include_flagged; ties: higher clean_acc"
+    "among FINISHED, non-collapsed trials with clean_acc >= min_clean_acc, maximise "
+    "worst_case_acc at eps; a masking-flagged trial qualifies only once audited and without a "
+    "flag that questions the worst case itself (or with include_flagged); ties: higher clean_acc"
 )
+# flags that say no attack here can be trusted, so even an audited worst case is in doubt
+QUESTION_WORST_CASE = ("unbounded_failure", "eps_non_monotone")
 
 
 DEFAULT_EPS = 0.1  # the MNIST reference budget (docs/method.md, section 4)
@@ -42,6 +49,9 @@ class Candidate:
     worst: float | None
     fgsm: float | None
     flags: list[str]
+    audited: bool = False
+    collapsed: bool = False
+    defence: str = "none"
 
     @property
     def flagged(self) -> bool:
@@ -85,21 +95,40 @@ def _candidate(run, eps: float) -> Candidate:
         worst=m.get(names.worst_case_acc(eps)),
         fgsm=m.get(names.robust_acc("fgsm", eps)),
         flags=names.flags_from_tags(t),
+        audited=t.get(AUDITED_TAG) == "true",
+        collapsed=t.get(COLLAPSED_TAG) == "true" or m.get(names.COLLAPSED) == 1.0,
+        defence=p.get("defence", "none"),
     )
+
+
+def verdict(c: Candidate, min_clean_acc: float, include_flagged: bool) -> tuple[bool, str]:
+    """(eligible, why) for one trial, in words a person can check against the rule."""
+    if c.status != "finished":
+        return False, f"out: {c.status or 'not finished'}"
+    if c.worst is None:
+        return False, "out: not evaluated at this eps"
+    if c.collapsed:
+        return False, "out: collapsed (predicts one class or sits at chance)"
+    if c.clean < min_clean_acc:
+        return False, f"out: clean {c.clean:.3f} < floor {min_clean_acc:g}"
+    flags = ", ".join(f for f in c.flags if f != names.MASKING_SUSPECTED)
+    if not c.flagged:
+        return True, "in: no masking flag" + ("; audited" if c.audited else "")
+    if include_flagged:
+        return True, f"in: flagged ({flags}), included by --include-flagged"
+    doubted = [f for f in c.flags if f in QUESTION_WORST_CASE]
+    if doubted:
+        return False, f"out: {', '.join(doubted)} questions every attack, the audit's too"
+    if not c.audited:
+        return False, f"out: flagged ({flags}) and not audited: its worst case may be overstated"
+    return True, f"in: flagged ({flags}), but its worst case includes the audit"
 
 
 def eligible(
     candidates: list[Candidate], min_clean_acc: float, include_flagged: bool
 ) -> list[Candidate]:
-    """FINISHED (not diverged or early-stopped), above the floor, flagged only if asked."""
-    return [
-        c
-        for c in candidates
-        if c.status == "finished"
-        and c.worst is not None
-        and c.clean >= min_clean_acc
-        and (include_flagged or not c.flagged)
-    ]
+    """The trials the rule may choose from (see `verdict`)."""
+    return [c for c in candidates if verdict(c, min_clean_acc, include_flagged)[0]]
 
 
 def select_best(
@@ -107,18 +136,20 @@ def select_best(
 ) -> Candidate:
     pool = eligible(candidates, min_clean_acc, include_flagged)
     if not pool:
-        why = "" if include_flagged else " or not flagged (try --include-flagged)"
+        why = "" if include_flagged else " and passes the masking checks (try --include-flagged)"
         raise SelectionError(
             f"no finished trial has clean_acc >= {min_clean_acc:g}{why}; "
-            "lower --min-clean-acc to see more"
+            "lower --min-clean-acc to see more (`satsweep best` lists why each is out)"
         )
     return max(pool, key=lambda c: (c.worst, c.clean))
 
 
 def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
-    """Finished trials no other finished trial beats on both clean and worst-case accuracy,
-    sorted by clean accuracy."""
-    points = [c for c in candidates if c.worst is not None and c.status == "finished"]
+    """Finished, non-collapsed trials no other such trial beats on both clean and worst-case
+    accuracy, sorted by clean accuracy."""
+    points = [
+        c for c in candidates if c.worst is not None and c.status == "finished" and not c.collapsed
+    ]
     front = [
         c
         for c in points

@@ -60,6 +60,13 @@ class Dataset:
         )
 
 
+def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
+    """The first `size` points of a seeded permutation of range(n), sorted: identical for
+    every trial, and a larger subset with the same seed always contains a smaller one."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[: min(size, n)].sort().values
+
+
 def load_dataset(name: str, data_dir: str | None, download: bool) -> Dataset:
     """Load a dataset onto the CPU as float32 tensors in [0, 1] and int64 labels."""
     if name == "digits":

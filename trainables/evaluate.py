@@ -16,7 +16,7 @@ from torch import nn
 
 from tracking import metric_names as names
 from trainables.attacks import ATTACKS
-from trainables.data import Dataset
+from trainables.data import Dataset, fixed_subset
 from trainables.masking import diagnose, zero_gradient_fraction
 from trainables.settings import SweepSettings, TrialSettings
 from trainables.train import TrainState, new_state, train
@@ -41,10 +41,9 @@ class AttackResult:
 
 
 def eval_indices(n_test: int, size: int, seed: int) -> torch.Tensor:
-    """The first `size` points of a seeded permutation of the test split: identical for every
-    trial, and a larger audit set (same seed) always contains the evaluation set."""
-    order = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))
-    return order[: min(size, n_test)].sort().values
+    """The evaluation subset of the test split (`data.fixed_subset`): a larger audit set with
+    the same seed always contains it."""
+    return fixed_subset(n_test, size, seed)
 
 
 def attack_options(
@@ -126,6 +125,8 @@ def evaluate_robustness(
     )
     results = run_attacks(model, x, y, attacks, eps_list, settings, surrogate)
     metrics = robustness_metrics(results)
+    share, collapsed = collapse_check(model, x, y, settings)
+    metrics[names.MAJORITY_SHARE], metrics[names.COLLAPSED] = share, float(collapsed)
     acc = {(r.attack, r.eps): r.accuracy for r in results}
     diagnostics = diagnose(
         acc,
@@ -133,10 +134,27 @@ def evaluate_robustness(
         zero_gradient_fraction(model, x, y, torch.float64),
         ecfg,
         transfer_is_black_box=surrogate is not None and surrogate is not model,
+        collapsed=collapsed,
     )
     for name, (value, _) in diagnostics.items():
         metrics[names.masking(name)] = value
     return metrics, diagnostics, results
+
+
+@torch.no_grad()
+def collapse_check(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: SweepSettings
+) -> tuple[float, bool]:
+    """(share of the most predicted class, collapsed). A collapsed model predicts (nearly) one
+    class or sits at chance: its "robust" points are that class's share, which no attack can
+    lower, so it is neither robust nor a masking suspect, just broken."""
+    logits = model(x)
+    predictions = logits.argmax(1)
+    share = predictions.bincount().max().item() / len(predictions)
+    accuracy = (predictions == y).float().mean().item()
+    e = settings.evaluation
+    chance = e.collapse_chance_factor / logits.shape[1]
+    return share, share >= e.collapse_share or accuracy <= chance
 
 
 def transfer_source(cfg: TrialSettings, data: Dataset, state: TrainState) -> nn.Module:

@@ -49,11 +49,13 @@ def diagnose(
     zero_f64: float,
     ecfg: EvaluationSettings,
     transfer_is_black_box: bool = True,
+    collapsed: bool = False,
 ) -> dict[str, tuple[float, bool]]:
     """{diagnostic: (value, flag)}; every flag's threshold is a field of `evaluation.masking`.
 
     `transfer_is_black_box` is False when the transfer surrogate is the model itself (a lambda = 0
-    trial): its "transfer" attack is then white-box PGD on the margin."""
+    trial): its "transfer" attack is then white-box PGD on the margin. A `collapsed` model (see
+    `evaluate.collapse_check`) keeps its flags but is never `masking_suspected`."""
     black_box_attacks = [a for a in BLACK_BOX if a != "transfer" or transfer_is_black_box]
     bounded = tuple(ecfg.eps)
     m = ecfg.masking
@@ -100,8 +102,6 @@ def diagnose(
     for name, (value, threshold) in checks.items():
         if value is not None:
             out[name] = (value, value > threshold)
-    out["masking_suspected"] = (
-        float(any(flag for _, flag in out.values())),
-        any(flag for _, flag in out.values()),
-    )
+    suspected = any(flag for _, flag in out.values()) and not collapsed
+    out["masking_suspected"] = (float(suspected), suspected)
     return out

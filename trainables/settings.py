@@ -39,7 +39,7 @@ NUMERICS = {
     "transfer_surrogate": "the lambda = 0 twin: same architecture, activation, seed and recipe, "
     "trained in-trial (the model itself when lambda = 0)",
 }
-GRID_AXES = ("arch", "activation", "lam", "seed")  # what varies from trial to trial
+GRID_AXES = ("arch", "activation", "lam", "defence", "seed")  # what varies between trials
 MAX_WIDTH = 1 << 16  # units or channels of one layer: far beyond what fits these datasets
 MAX_EPOCHS = 100_000
 
@@ -178,6 +178,70 @@ class TrainingSettings(Section):
         return self
 
 
+DEFENCES = ("none", "fgsm_rs", "pgd", "trades")
+
+
+class DefenceSettings(Section):
+    """A training-time defence: one entry of `grid.defences`.
+
+    - `none`: plain training.
+    - `fgsm_rs`: one signed step of `step_size` (default 1.25 eps) from a uniform start in the
+      eps-ball (Wong, Rice & Kolter 2020, "Fast is better than free").
+    - `pgd`: `steps` signed steps of `step_size` (default 2.5 eps / steps) from a uniform start,
+      trained on the last iterate (Madry et al. 2018; their MNIST recipe: eps 0.3, 40 x 0.01).
+    - `trades`: clean cross-entropy + beta * KL(f(x) || f(x')), x' by PGD on that KL from
+      x + 0.001 N(0, 1) (Zhang et al. 2019; their MNIST script: beta 1, eps 0.3, 40 x 0.01).
+
+    The training attack is crafted with the model in eval mode, inside the eps-ball and [0, 1],
+    by the evaluation's PGD code (`attacks.gradient.pgd_train`).
+    """
+
+    kind: Literal[DEFENCES] = "none"  # type: ignore[valid-type]
+    eps: float = Field(0.3, gt=0, le=1, **fix("use e.g. 0.1 or 0.3 (MNIST)"))
+    steps: int = Field(40, ge=1, le=10_000, **fix("use e.g. 10 or 40"))
+    step_size: float | None = Field(None, gt=0, le=1, **fix("use e.g. 0.01, or null"))
+    beta: float = Field(1.0, gt=0, le=1e4, **fix("use 1.0 (TRADES on MNIST) or 6.0"))
+    # eps ramps linearly from 0 over the first warmup_epochs epochs (0: full eps at once)
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 for no warm-up"))
+    # which forward pass the saturation penalty is taken on: `adversarial` (default) is the
+    # pass the loss is trained on, so it costs nothing extra and saturates units where the
+    # model is attacked; `clean` keeps the paper's objective at the price of one more forward
+    penalty_on: Literal["adversarial", "clean"] = "adversarial"
+    # catastrophic-overfitting check each epoch: PGD (check_steps steps) accuracy on a fixed
+    # batch of check_size training points; it fires when it falls by more than check_drop
+    # below its best epoch so far (Wong et al.'s early-stopping signal)
+    check_size: int = Field(100, ge=1, le=100_000, **fix("use e.g. 100"))
+    check_steps: int = Field(10, ge=1, le=1000, **fix("use e.g. 10"))
+    check_drop: float = Field(0.2, gt=0, le=1, **fix("use e.g. 0.2"))
+    keep_best: bool = False  # the remedy: end with the weights of the best epoch by that check
+
+    @property
+    def alpha(self) -> float:
+        """The step size in force (the default depends on the kind)."""
+        if self.step_size is not None:
+            return self.step_size
+        return 1.25 * self.eps if self.kind == "fgsm_rs" else 2.5 * self.eps / self.steps
+
+    @property
+    def label(self) -> str:
+        """Short and unique within a grid: it goes into run names."""
+        if self.kind == "none":
+            return "none"
+        parts = [self.kind, f"e{self.eps:.3g}"]
+        if self.kind != "fgsm_rs":
+            parts.append(f"k{self.steps}")
+        parts.append(f"a{self.alpha:.3g}")
+        if self.kind == "trades":
+            parts.append(f"b{self.beta:.3g}")
+        if self.warmup_epochs:
+            parts.append(f"w{self.warmup_epochs}")
+        if self.penalty_on == "clean":
+            parts.append("pclean")
+        if self.keep_best:
+            parts.append("best")
+        return "-".join(parts)
+
+
 class MaskingSettings(Section):
     """Thresholds of the gradient-masking flags (trainables/masking.py), as fractions."""
 
@@ -205,6 +269,10 @@ class EvaluationSettings(Section):
     bpda_temperature: float = Field(4.0, gt=0, le=1e4, **fix("use 4.0"))
     every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 to turn off"))  # FGSM, PGD-CE
     masking: MaskingSettings = MaskingSettings()
+    # collapsed: the most predicted class covers >= collapse_share of the evaluation points,
+    # or clean accuracy <= collapse_chance_factor / classes
+    collapse_share: Fraction = 0.5
+    collapse_chance_factor: float = Field(1.5, ge=0, le=100, **fix("use 1.5"))
 
 
 class AuditSettings(Section):
@@ -239,6 +307,7 @@ class TrialSettings(SweepSettings):
     activation: ActivationName
     lam: float = Field(ge=0)
     seed: int = Field(ge=0)
+    defence: DefenceSettings = DefenceSettings()
 
     @classmethod
     def at(cls, shared: SweepSettings, **point: Any) -> TrialSettings:
@@ -246,16 +315,21 @@ class TrialSettings(SweepSettings):
 
     @property
     def run_name(self) -> str:
-        return run_name(self.arch.name, self.activation, self.lam, self.seed)
+        return run_name(self.arch.name, self.activation, self.lam, self.seed, self.defence.label)
 
     def params(self) -> dict[str, str]:
-        """MLflow params: the settings under their dotted spec names, plus the numerics."""
-        return flatten({**self.model_dump(mode="json"), "numerics": NUMERICS})
+        """MLflow params: the settings under their dotted spec names, the numerics, and the
+        defence's kind as the flat param `defence` (its settings are `defence.*`)."""
+        dump = self.model_dump(mode="json")
+        dump["defence"]["step_size"] = self.defence.alpha  # the value in force, not null
+        return {**flatten({**dump, "numerics": NUMERICS}), "defence": self.defence.kind}
 
 
-def run_name(arch_name: str, activation: str, lam: float, seed: int) -> str:
-    """Readable, unique within a sweep: `mlp-200x200_sigmoid_lam30_seed0`."""
-    return f"{arch_name}_{activation}_lam{lam:g}_seed{seed}"
+def run_name(arch_name: str, activation: str, lam: float, seed: int, defence: str = "none") -> str:
+    """Readable, unique within a sweep: `mlp-200x200_sigmoid_lam30_seed0`, with the defence's
+    label before the seed unless it is `none`: `mlp-200x200_relu_lam0_pgd-e0.1-k10-a0.025_seed0`."""
+    label = "" if defence == "none" else f"_{defence}"
+    return f"{arch_name}_{activation}_lam{lam:g}{label}_seed{seed}"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

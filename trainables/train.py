@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from tracking import metric_names as names
 from trainables.activations import activation as activation_entry
-from trainables.data import Dataset
+from trainables.data import Dataset, fixed_subset
+from trainables.defences import eps_in_force, pgd_check, training_terms
 from trainables.diagnostics import saturated_units, weight_kurtosis
 from trainables.models import SaturatingNet
-from trainables.penalty import effective_lambda, saturation_penalty
+from trainables.penalty import effective_lambda
 from trainables.settings import TrialSettings
 
 
@@ -45,6 +46,13 @@ class TrainState:
     model: SaturatingNet
     optimizer: torch.optim.Optimizer
     epoch: int  # epochs completed
+    # the catastrophic-overfitting check's best epoch so far, and its weights when keep_best
+    best_check: float = -1.0
+    best_epoch: int = 0
+    best_weights: dict | None = None
+    # wall-clock training time of the epochs this process ran (resets on resume)
+    seconds_trained: float = 0.0
+    epochs_trained: int = 0
 
 
 def pick_device() -> torch.device:
@@ -75,19 +83,18 @@ def train_one_epoch(cfg: TrialSettings, data: Dataset, state: TrainState, epoch:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
     order = order.to(data.x_train.device)
     steps = (n + t.batch_size - 1) // t.batch_size
-    totals = torch.zeros(
-        4, dtype=torch.float64, device=data.x_train.device
-    )  # loss, ce, pen, correct
-    lam_t = 0.0
+    device = data.x_train.device
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, data loss, pen, correct
+    # the training attack's randomness, seeded like the batch order
+    attack_rng = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch + 7)
+    lam_t = eps_t = 0.0
     for step in range(steps):
         idx = order[step * t.batch_size : (step + 1) * t.batch_size]
         x, y = data.x_train[idx], data.y_train[idx]
-        logits, preacts = model.forward_with_preactivations(x)
-        ce = F.cross_entropy(logits, y)
-        penalty = saturation_penalty(preacts, cfg.activation, t.penalty.reduction)
-        lam_t = effective_lambda(
-            cfg.lam, t.penalty.schedule, t.penalty.warmup_epochs, epoch - 1 + (step + 1) / steps
-        )
+        progress = epoch - 1 + (step + 1) / steps
+        eps_t = eps_in_force(cfg.defence, progress)
+        ce, penalty, logits = training_terms(cfg, model, x, y, eps_t, attack_rng)
+        lam_t = effective_lambda(cfg.lam, t.penalty.schedule, t.penalty.warmup_epochs, progress)
         loss = ce + lam_t * penalty if lam_t > 0 else ce
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,13 +105,16 @@ def train_one_epoch(cfg: TrialSettings, data: Dataset, state: TrainState, epoch:
             correct = (logits.argmax(1) == y).sum() / len(y)
             totals.add_(torch.stack([loss, ce, penalty, correct]), alpha=len(y))
     loss_mean, ce_mean, penalty_mean, train_acc = (totals / n).tolist()
-    return {
+    metrics = {
         "loss": loss_mean,
-        "cross_entropy": ce_mean,
+        "cross_entropy": ce_mean,  # the data term: CE on the inputs trained on (+ beta KL, TRADES)
         "penalty": penalty_mean,
         "effective_lambda": lam_t,
-        "train_acc": train_acc,
+        "train_acc": train_acc,  # on the inputs trained on: adversarial ones under a defence
     }
+    if cfg.defence.kind != "none":
+        metrics["defence_eps"] = eps_t
+    return metrics
 
 
 @torch.no_grad()
@@ -140,14 +150,50 @@ def evaluate(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> dict:
 def train(cfg: TrialSettings, data: Dataset, state: TrainState) -> Iterator[dict]:
     """Train from `state.epoch + 1` to `cfg.training.epochs`, yielding each epoch's metrics; raises
     TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite."""
+    check = _check_points(cfg, data)
     for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
         metrics = {"epoch": epoch}
-        metrics.update(train_one_epoch(cfg, data, state, epoch))
+        start = time.perf_counter()
+        metrics.update(train_one_epoch(cfg, data, state, epoch))  # ends with a host sync
+        metrics[names.TRAIN_SECONDS] = time.perf_counter() - start
+        state.seconds_trained += metrics[names.TRAIN_SECONDS]
+        state.epochs_trained += 1
+        metrics[names.SECONDS_PER_EPOCH] = state.seconds_trained / state.epochs_trained
         if not math.isfinite(metrics["loss"]):
             raise TrainingDiverged(epoch, metrics)
-        metrics.update(evaluate(cfg, data, state.model))
+        if check is not None:
+            metrics.update(_overfitting_check(cfg, state, check, epoch))
         state.epoch = epoch
+        if epoch == cfg.training.epochs and state.best_weights is not None:
+            if state.best_epoch != epoch:  # the remedy: end on the best epoch before a collapse
+                state.model.load_state_dict(state.best_weights)
+            metrics["kept_epoch"] = state.best_epoch
+        metrics.update(evaluate(cfg, data, state.model))
         yield metrics
+
+
+def _check_points(cfg: TrialSettings, data: Dataset):
+    """The fixed training batch of the catastrophic-overfitting check (None without a defence)."""
+    d = cfg.defence
+    if d.kind == "none":
+        return None
+    idx = fixed_subset(len(data.y_train), d.check_size, cfg.seed).to(data.y_train.device)
+    return data.x_train[idx], data.y_train[idx]
+
+
+def _overfitting_check(cfg: TrialSettings, state: TrainState, check, epoch: int) -> dict:
+    """PGD accuracy on the check batch; `catastrophic_overfitting` is 1 in an epoch where it
+    falls more than `check_drop` below the best epoch so far (Wong et al. 2020)."""
+    d = cfg.defence
+    acc = pgd_check(state.model, *check, d.eps, d.check_steps, cfg.seed)
+    collapsed = acc < state.best_check - d.check_drop
+    if acc > state.best_check:
+        state.best_check, state.best_epoch = acc, epoch
+        if d.keep_best:
+            state.best_weights = {
+                k: v.detach().clone() for k, v in state.model.state_dict().items()
+            }
+    return {"robust_check/train_pgd_acc": acc, names.CATASTROPHIC_OVERFITTING: float(collapsed)}
 
 
 def save_checkpoint(path: Path, state: TrainState, extra: dict | None = None) -> None:

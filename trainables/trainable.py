@@ -22,6 +22,9 @@ from ray import tune
 
 from tracking import metric_names as names
 from tracking.runs import (
+    AUDITED_TAG,
+    COLLAPSED_TAG,
+    OVERFITTING_TAG,
     finish_run,
     finished_run_metrics,
     log_epoch,
@@ -42,7 +45,12 @@ from trainables.evaluate import (
 )
 from trainables.models import export_program
 from trainables.plots import preactivation_histograms
-from trainables.settings import ArchitectureSettings, SweepSettings, TrialSettings
+from trainables.settings import (
+    ArchitectureSettings,
+    DefenceSettings,
+    SweepSettings,
+    TrialSettings,
+)
 from trainables.train import (
     TrainingDiverged,
     TrainState,
@@ -68,6 +76,7 @@ class SweepContext:
 
     shared: SweepSettings
     architectures: dict[str, ArchitectureSettings]
+    defences: dict[str, DefenceSettings]
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -81,6 +90,7 @@ class SweepContext:
             activation=config["activation"],
             lam=float(config["lam"]),
             seed=int(config["seed"]),
+            defence=self.defences[config["defence"]],
         )
 
 
@@ -105,6 +115,7 @@ def final_evaluation(
     metrics, diagnostics, results = evaluate_robustness(state.model, x, y, cfg, surrogate)
     metrics[names.attack_seconds("transfer_surrogate_training")] = surrogate_seconds
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
+    client.set_tag(run_id, COLLAPSED_TAG, "true" if metrics[names.COLLAPSED] else "false")
     client.log_dict(run_id, per_example_record(idx, results), PER_EXAMPLE_ARTIFACT)
     threshold = cfg.training.saturation_threshold
     figure = preactivation_histograms(state.model, x, threshold, cfg.run_name)
@@ -163,7 +174,7 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
     )
     log_epoch(client, run_id, metrics, step=cfg.training.epochs)
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
-    client.set_tag(run_id, "satsweep.audited", "true")
+    client.set_tag(run_id, AUDITED_TAG, "true")
     audit_info = {"audit_indices": audit_idx.tolist(), **cfg.audit.model_dump(mode="json")}
     client.log_dict(run_id, audit_info, "robustness/audit.json")
     return metrics
@@ -232,12 +243,16 @@ def _train_and_report(
     """Each epoch: metrics to MLflow, then to Tune with a checkpoint every `checkpoint_every`
     epochs and at the last one (after the final evaluation)."""
     epochs, every = cfg.training.epochs, cfg.evaluation.every_epochs
+    overfitted = False
     for metrics in train(cfg, data, state):
         if state.epoch == epochs:
             metrics |= final_evaluation(cfg, data, state, client, run_id)
         elif every and state.epoch % every == 0:
             metrics |= quick_evaluation(cfg, data, state.model)
         log_epoch(client, run_id, metrics, step=state.epoch)
+        if metrics.get(names.CATASTROPHIC_OVERFITTING) and not overfitted:
+            overfitted = True  # tag the first epoch of the collapse
+            client.set_tag(run_id, OVERFITTING_TAG, f"epoch {state.epoch}")
         headline = {k: metrics[k] for k in HEADLINE_METRICS}
         if state.epoch % cfg.training.checkpoint_every and state.epoch != epochs:
             tune.report(headline | metrics)

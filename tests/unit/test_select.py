@@ -1,5 +1,7 @@
-"""Selection on a real SQLite MLflow store holding runs with known metrics: the floor, the flag
-exclusion, the tie-break, non-finished runs, the Pareto front, and the CLI's errors."""
+"""Selection on a real SQLite MLflow store holding runs with known metrics: the floor, when a
+masking flag excludes a trial (unaudited, or a flag that questions every attack) and when it
+does not (audited), collapsed models, the tie-break, non-finished runs, the Pareto front, and
+the CLI's errors."""
 
 import subprocess
 import sys
@@ -12,16 +14,22 @@ from tracking.select import (
     best_run_id,
     load_candidates,
     pareto_front,
+    select_best,
+    verdict,
 )
 
-# name: (clean, worst at 0.1, flagged, status tag, MLflow status)
+GAP, UNBOUNDED = ["stabilisation_gap"], ["unbounded_failure"]
+# name: (clean, worst at 0.1, masking flags, status tag, MLflow status, other tags)
 TRIALS = {
-    "a": (0.95, 0.30, False, "finished", "FINISHED"),
-    "b": (0.97, 0.60, True, "finished", "FINISHED"),
-    "c": (0.85, 0.70, False, "finished", "FINISHED"),
-    "d": (0.96, 0.30, False, "finished", "FINISHED"),
-    "e": (0.99, 0.90, False, "failed", "FAILED"),
-    "f": (0.98, 0.80, False, "stopped_early", "FINISHED"),
+    "a": (0.95, 0.30, [], "finished", "FINISHED", {}),
+    "b": (0.97, 0.60, GAP, "finished", "FINISHED", {}),  # flagged, not audited: out
+    "c": (0.85, 0.70, [], "finished", "FINISHED", {}),  # below the floor
+    "d": (0.96, 0.30, [], "finished", "FINISHED", {}),
+    "e": (0.99, 0.90, [], "failed", "FAILED", {}),
+    "f": (0.98, 0.80, [], "stopped_early", "FINISHED", {}),
+    "g": (0.95, 0.65, GAP, "finished", "FINISHED", {"satsweep.audited": "true"}),  # confirmed
+    "h": (0.96, 0.75, UNBOUNDED, "finished", "FINISHED", {"satsweep.audited": "true"}),
+    "i": (0.97, 0.85, [], "finished", "FINISHED", {"satsweep.collapsed": "true"}),
 }
 
 
@@ -33,7 +41,7 @@ def store(tmp_path_factory):
     exp = client.create_experiment("synth", artifact_location=(folder / "art").as_uri())
     parent = client.create_run(exp, run_name="synth", tags={"satsweep.role": "sweep"})
     ids = {}
-    for name, (clean, worst, flagged, status, mlflow_status) in TRIALS.items():
+    for name, (clean, worst, flags, status, mlflow_status, extra) in TRIALS.items():
         run = client.create_run(
             exp,
             run_name=name,
@@ -41,7 +49,9 @@ def store(tmp_path_factory):
                 "satsweep.role": "trial",
                 "mlflow.parentRunId": parent.info.run_id,
                 "satsweep.status": status,
-                "masking.masking_suspected": str(flagged).lower(),
+                "masking.masking_suspected": str(bool(flags)).lower(),
+                **{f"masking.{flag}": "true" for flag in flags},
+                **extra,
             },
         )
         rid = run.info.run_id
@@ -59,27 +69,54 @@ def store(tmp_path_factory):
     return uri, ids, parent.info.run_id
 
 
-def test_default_rule_excludes_flagged_below_floor_and_unfinished_and_breaks_ties(store):
+def test_an_audited_flagged_trial_is_not_hidden_by_its_flag(store):
+    uri, ids, _ = store  # g: flagged, audited, 0.65 beats the unflagged 0.30s
+    assert best_run_id(uri, "synth") == ids["g"]
+
+
+def verdicts(uri: str, **rule) -> dict[str, tuple[bool, str]]:
+    _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
+    rule = {"min_clean_acc": 0.9, "include_flagged": False} | rule
+    return {c.run_name: verdict(c, **rule) for c in candidates}
+
+
+def test_each_trial_is_in_or_out_for_a_stated_reason(store):
+    uri, _, _ = store
+    v = verdicts(uri)
+    assert v["a"] == (True, "in: no masking flag") and v["d"][0]
+    assert not v["b"][0] and "not audited" in v["b"][1]  # an unconfirmed worst case
+    assert not v["c"][0] and "< floor 0.9" in v["c"][1]
+    assert not v["e"][0] and "FAILED" in v["e"][1]
+    assert not v["f"][0] and "stopped_early" in v["f"][1]
+    assert v["g"][0] and "includes the audit" in v["g"][1]
+    assert not v["h"][0] and "unbounded_failure" in v["h"][1]  # audited, yet every attack doubted
+    assert not v["i"][0] and "collapsed" in v["i"][1]
+
+
+def test_ties_go_to_clean_accuracy(store):
     uri, ids, _ = store
-    assert best_run_id(uri, "synth", record=False) == ids["d"]  # d ties a on worst, wins clean
+    _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
+    plain = [c for c in candidates if c.run_name in ("a", "d")]
+    assert select_best(plain, 0.9, False).run_id == ids["d"]  # d ties a on worst, wins clean
 
 
 def test_flagged_trials_count_when_asked(store):
     uri, ids, _ = store
-    assert best_run_id(uri, "synth", include_flagged=True, record=False) == ids["b"]
+    assert best_run_id(uri, "synth", include_flagged=True) == ids["h"]
+    assert verdicts(uri, include_flagged=True)["i"][0] is False  # collapsed stays out
 
 
 def test_the_floor_is_honoured(store):
     uri, ids, _ = store
-    assert best_run_id(uri, "synth", min_clean_acc=0.8, record=False) == ids["c"]
+    assert best_run_id(uri, "synth", min_clean_acc=0.8) == ids["c"]
     with pytest.raises(SelectionError, match="no finished trial"):
-        best_run_id(uri, "synth", min_clean_acc=0.999, record=False)
+        best_run_id(uri, "synth", min_clean_acc=0.999)
 
 
-def test_pareto_front_of_finished_trials(store):
+def test_pareto_front_of_finished_uncollapsed_trials(store):
     uri, ids, _ = store
     _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
-    assert [c.run_id for c in pareto_front(candidates)] == [ids["c"], ids["b"]]
+    assert [c.run_id for c in pareto_front(candidates)] == [ids["h"], ids["b"]]
 
 
 def test_unknown_sweep_and_missing_eps_are_explained(store):
@@ -106,8 +143,8 @@ def test_cli_best_prints_the_table_and_writes_nothing(store):
     before = MlflowClient(uri).get_run(parent).data
     out = satsweep("best", "synth", "--tracking-uri", uri)
     assert out.returncode == 0, out.stderr
-    assert "champion: d" in out.stdout and "Pareto front" in out.stdout
-    assert "excluded: clean < 0.9" in out.stdout and "excluded: FAILED" in out.stdout
+    assert "champion: g" in out.stdout and "Pareto front" in out.stdout
+    assert "out: clean 0.850 < floor 0.9" in out.stdout and "out: FAILED" in out.stdout
     after = MlflowClient(uri).get_run(parent).data
     assert after.tags == before.tags and after.params == before.params
     assert "recorded" not in out.stdout
@@ -119,7 +156,7 @@ def test_cli_best_record_writes_the_rule_and_says_so(store):
     assert out.returncode == 0, out.stderr
     assert f"recorded this selection on the sweep run {parent}" in out.stdout
     tags = selection_tags(uri, parent)
-    assert tags["satsweep.selection.champion_run_id"] == ids["d"]
+    assert tags["satsweep.selection.champion_run_id"] == ids["g"]
     assert tags["satsweep.selection.min_clean_acc"] == "0.9"
 
 

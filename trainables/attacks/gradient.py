@@ -33,6 +33,49 @@ def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1) != y
 
 
+def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    """A uniform draw from the eps-ball around x, clipped to [0, 1]: PGD's random start."""
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return project(x + (2 * u - 1) * eps, x, eps)
+
+
+def signed_step(
+    x_adv: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, alpha: float, eps: float
+) -> torch.Tensor:
+    """One ascent step of every PGD here: alpha * sign(gradient), back into the ball and box."""
+    return project(x_adv.detach() + alpha * grad.sign(), x0, eps)
+
+
+def pgd_train(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    eps: float | torch.Tensor,
+    *,
+    steps: int,
+    step_size: float | torch.Tensor,
+    loss: str = "ce",
+    generator: torch.Generator,
+    start: str = "uniform",
+) -> torch.Tensor:
+    """PGD as adversarial training uses it (Madry et al. 2018; one step from a uniform start is
+    FGSM-RS, Wong et al. 2020): every point attacked, `steps` signed steps, the last iterate.
+    The same start, step and projection as the evaluation's `pgd`; no per-step host sync (no
+    early exit, no bookkeeping). `target` is the labels, or the clean log-probabilities for
+    TRADES' `kl` loss; `start="small_normal"` is TRADES' x + 0.001 N(0, 1)."""
+    x = x.detach()
+    if start == "uniform":
+        x_adv = uniform_start(x, eps, generator)
+    else:
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = project(x + 0.001 * noise, x, eps)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(LOSSES[loss](model(x_adv), target).sum(), x_adv)
+        x_adv = signed_step(x_adv, grad, x, step_size, eps)
+    return x_adv.detach()
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -64,8 +107,7 @@ def pgd(
         if len(active) == 0:
             break
         x0, y0 = x[active], y[active]
-        start = torch.rand(x0.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = project(x0 + (2 * start - 1) * eps, x0, eps)
+        x_adv = uniform_start(x0, eps, generator)
         for step in range(steps + 1):
             x_adv = x_adv.detach().requires_grad_(step < steps)
             losses = LOSSES[loss](logits := model(x_adv), y0)
@@ -81,7 +123,7 @@ def pgd(
             active, x0, y0 = active[keep], x0[keep], y0[keep]
             if len(active) == 0:
                 break
-            x_adv = project(x_adv.detach()[keep] + alpha * grad[keep].sign(), x0, eps)
+            x_adv = signed_step(x_adv.detach()[keep], grad[keep], x0, alpha, eps)
     return x_best
 
 

@@ -21,11 +21,18 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return others.max(1).values - true
 
 
-LOSSES = {"ce": cross_entropy, "margin": margin}
+def kl(logits: torch.Tensor, clean_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p_clean || p_adv), TRADES' inner objective; the "labels" are the clean
+    log-probabilities (detached)."""
+    log_p = F.log_softmax(logits, dim=1)
+    return F.kl_div(log_p, clean_log_probs, reduction="none", log_target=True).sum(1)
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Back into the eps-ball around x, then into [0, 1]."""
+LOSSES = {"ce": cross_entropy, "margin": margin, "kl": kl}
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps) -> torch.Tensor:
+    """Back into the eps-ball around x, then into [0, 1] (eps: a float or a 0-d tensor)."""
     return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
