@@ -9,12 +9,13 @@ STAMP  := $(VENV)/.satsweep-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "satsweep: setting up $(VENV) (first time only)"
+	@$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --quiet -e '.[test]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/satsweep run sweeps/quickstart.yaml
+	@$(BIN)/satsweep run sweeps/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

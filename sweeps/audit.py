@@ -7,12 +7,13 @@ from __future__ import annotations
 import ray
 from mlflow.tracking import MlflowClient
 
+from sweeps.console import say
 from sweeps.grid import trial_name
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.runs import AUDITED_TAG, find_trial_run
 from tracking.select import DEFAULT_EPS, DEFAULT_MIN_CLEAN_ACC
-from trainables.trainable import SweepContext, audit_trial
+from trainables.trainable import AUDIT_SECONDS, SweepContext, audit_trial
 
 
 def rank_eps(spec: SweepSpec) -> float:
@@ -37,16 +38,17 @@ def audit_candidates(spec: SweepSpec, results) -> list:
     return list({r.metrics[names.TRIAL_ID]: r for r in top + flagged}.values())
 
 
-def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowClient) -> None:
-    """One Ray task per candidate, results printed as they arrive."""
+def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowClient) -> float:
+    """One Ray task per candidate, one line per audited trial as it arrives; returns the busy
+    seconds of the audit tasks."""
     candidates = audit_candidates(spec, results)
     task = ray.remote(audit_trial).options(
         num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
     )
-    print(
-        f"satsweep: audit ({', '.join(spec.audit.attacks)}) of {len(candidates)} trials: "
-        + ", ".join(trial_name(r.config) for r in candidates)
-    )
+    say(f"audit ({', '.join(spec.audit.attacks)}) of {len(candidates)} trials: the top "
+        f"{spec.audit.top_k} above the selection floor and every flagged one")  # fmt: skip
+    eps = rank_eps(spec)
+    busy = 0.0
     pending = {}
     for r in candidates:
         trial_id = r.metrics[names.TRIAL_ID]
@@ -60,12 +62,11 @@ def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowCli
             metrics = ray.get(done[0])
         except Exception as err:  # one broken audit must not hide the others' results
             client.set_tag(run_id, AUDITED_TAG, f"failed: {type(err).__name__}")
-            print(f"satsweep: audit of {name} failed: {err}")
+            say(f"audit of {name} failed: {err}")
             continue
-        worst = {
-            names.eps_key(eps): round(v, 3)
-            for k, v in metrics.items()
-            if (eps := names.parse_worst_case_acc(k)) is not None
-        }
+        busy += metrics.pop(AUDIT_SECONDS, 0.0)
+        worst = metrics.get(names.worst_case_acc(eps))
         suspected = bool(metrics[names.masking(names.MASKING_SUSPECTED)])
-        print(f"satsweep: audited {name}: worst case {worst}, masking_suspected={suspected}")
+        worst_text = f"worst@{eps:g} {worst:.3f}" if worst is not None else "no worst case"
+        say(f"audited {name}: {worst_text}" + ("  masking suspected" if suspected else ""))
+    return busy

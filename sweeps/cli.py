@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
 from sweeps.spec import SpecError, load_spec
-from tracking.runs import DEFAULT_DB, absolute_uri, resolve_tracking_uri
+from tracking.runs import DEFAULT_DB, absolute_uri, redact_uri, resolve_tracking_uri
 from tracking.select import (
     DEFAULT_EPS,
     DEFAULT_MIN_CLEAN_ACC,
@@ -26,6 +27,10 @@ from tracking.sweep_run import SweepNotFound
 from trainables.data import DatasetNotFoundError
 
 USAGE_ERROR = 2
+
+
+class UsageError(ValueError):
+    """A flag or input the command cannot use: exit 2 with this message."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         "--address",
         help="Ray cluster to run on: auto, or ray://HOST:10001 "
         "(default: RAY_ADDRESS, else a new local Ray instance)",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Ray Tune's progress table, result boxes and the workers' own output",
     )
     run.add_argument(
         "--resume",
@@ -108,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         default="mlartifacts",
         help="where the server stores artifacts (a folder, s3://, gs://)",
     )
+
+    ui = sub.add_parser("ui", help="open MLflow's UI on the sweep store, on 127.0.0.1")
+    _store_flag(ui)
+    ui.add_argument("--port", type=int, help="port to serve on (default: a free one)")
 
     report = sub.add_parser("report", help="log the sweep report to its parent run")
     report.add_argument("sweep")
@@ -199,7 +214,13 @@ def cmd_run(args) -> int:
         return _fail(str(err))
     try:
         outcome = run_sweep(
-            spec, text, tracking_uri, storage_path, resume=args.resume, address=args.address
+            spec,
+            text,
+            tracking_uri,
+            storage_path,
+            resume=args.resume,
+            address=args.address,
+            verbose=args.verbose,
         )
     except PreflightError as err:  # e.g. nothing to resume, node-local storage on a cluster
         return _fail(str(err))
@@ -207,10 +228,6 @@ def cmd_run(args) -> int:
         return _fail(f"cannot reach the Ray cluster at {args.address or 'RAY_ADDRESS'}: {err}")
     if outcome is None:
         return 0
-    print(
-        f"satsweep: sweep {spec.name!r}: {outcome.finished} trials finished, "
-        f"{outcome.failed} failed; parent run {outcome.parent_run_id}"
-    )
     return 1 if outcome.failed else 0
 
 
@@ -297,12 +314,36 @@ def server_command(args) -> list[str]:
 
 
 def cmd_server(args) -> int:
+    free_port(args.host, args.port)  # a busy port is a usage error, not a server that exits 0
     command = server_command(args)
     print(
         f"satsweep: MLflow server on http://{args.host}:{args.port}; trials log to it with "
         f"--tracking-uri http://<this host>:{args.port}"
     )
     os.execv(command[0], command)  # replaces this process: Ctrl-C stops the server
+
+
+def free_port(host: str, wanted: int | None) -> int:
+    """`wanted` if it can be bound on `host`, else a UsageError; without `wanted`, a free port."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, wanted or 0))
+        except OSError as err:
+            raise UsageError(
+                f"port {wanted} on {host} is busy ({err.strerror}); pass another --port, "
+                "or leave --port out to take a free one"
+            ) from None
+        return s.getsockname()[1]
+
+
+def cmd_ui(args) -> int:
+    uri = existing_store(args.tracking_uri)
+    port = free_port("127.0.0.1", args.port)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    print(f"satsweep: MLflow UI on {url}  (store {redact_uri(uri)}; Ctrl-C stops)", flush=True)
+    os.execv(command[0], command)  # replaces this process: Ctrl-C stops the UI
 
 
 def cmd_report(args) -> int:
@@ -321,10 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "report": cmd_report,
         "server": cmd_server,
+        "ui": cmd_ui,
     }
     try:
         return command[args.command](args)
-    except (SelectionError, SweepNotFound) as err:
+    except (SelectionError, SweepNotFound, UsageError) as err:
         return _fail(str(err))
 
 

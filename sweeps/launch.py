@@ -5,6 +5,7 @@ Ray Tune, audit, report, close the parent run. Each step's work lives in its own
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,21 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from sweeps.audit import rank_eps, run_audit
+from sweeps.console import TrialLines, command, duration, quiet_libraries, say
 from sweeps.grid import param_space, trial_name
 from sweeps.preflight import PreflightError, check_shared_storage, storage_uri
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.report import write_report
-from tracking.runs import code_version, ensure_experiment, redact_uri, ui_command
+from tracking.runs import (
+    code_version,
+    ensure_experiment,
+    log_epoch,
+    redact_uri,
+    resolve_tracking_uri,
+    trial_runs,
+)
+from tracking.select import DEFAULT_MIN_CLEAN_ACC, SelectionError, load_candidates, select_best
 from tracking.sweep_run import (
     SweepNotFound,
     close_sweep_run,
@@ -39,17 +49,18 @@ class SweepOutcome:
     failed: int
 
 
-def connect_ray(address: str | None) -> None:
+def connect_ray(address: str | None, verbose: bool = False) -> None:
     """Connect to a cluster (`auto`, `ray://host:port`, or RAY_ADDRESS), else start a local
     instance without its dashboard (faster on small machines; nothing listens beyond Ray's own
-    ports)."""
+    ports). Workers' own output reaches the console only when `verbose`."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, **quiet)
 
 
 def experiment_path(spec: SweepSpec, storage_path: str) -> str:
@@ -78,9 +89,54 @@ def report_sweep(spec: SweepSpec, tracking_uri: str) -> None:
     """The sweep report on the parent run; a failed report is printed, never fatal."""
     try:
         paths = write_report(tracking_uri, spec.name, eps=rank_eps(spec))
-        print(f"satsweep: report ({', '.join(paths)}) logged to the sweep run")
+        say(f"report logged to the sweep run ({len(paths)} files under report/)")
     except Exception as err:  # the trials' results are safe; the report can be redone
-        print(f"satsweep: report failed ({err}); redo it with `satsweep report {spec.name}`")
+        say(f"report failed ({err}); redo it with `{command()} report {spec.name}`")
+
+
+def slot_utilisation(
+    client: MlflowClient, experiment_id: str, parent: str, slots: int, audit_seconds: float
+) -> dict[str, float]:
+    """Busy seconds of the sweep's work (trial runs, audit tasks) over slots x wall time, the
+    wall time running from the parent run's start to now."""
+    wall = time.time() - client.get_run(parent).info.start_time / 1000
+    busy = audit_seconds + sum(
+        (r.info.end_time - r.info.start_time) / 1000
+        for r in trial_runs(client, experiment_id, parent)
+        if r.info.end_time
+    )
+    return {
+        "sweep/slot_utilisation": busy / (slots * wall) if wall > 0 else 0.0,
+        "sweep/busy_seconds": busy,
+        "sweep/wall_seconds": wall,
+        "sweep/slots": float(slots),
+    }
+
+
+def closing_lines(spec: SweepSpec, tracking_uri: str, usage: dict, failed: int) -> None:
+    """Wall time, utilisation, the champion and what to type next."""
+    finished = spec.num_trials - failed
+    say(
+        f"done in {duration(usage['sweep/wall_seconds'])}: {finished} trials finished, "
+        f"{failed} failed; slot utilisation {usage['sweep/slot_utilisation']:.2f} "
+        f"({usage['sweep/busy_seconds']:.0f} busy seconds on {int(usage['sweep/slots'])} slots)"
+    )
+    eps = rank_eps(spec)
+    try:
+        _, candidates = load_candidates(MlflowClient(tracking_uri), spec.name, eps)
+        c = select_best(candidates, DEFAULT_MIN_CLEAN_ACC, include_flagged=False)
+        say(f"champion {c.run_name}: worst case {c.worst:.3f} at eps {eps:g}, clean {c.clean:.3f}")
+    except SelectionError as err:
+        say(f"no champion yet: {err}")
+    me, store = command(), _store_flag(tracking_uri)
+    say(f"next:  {me} best {spec.name}{store}   (why each trial is in or out)")
+    say(f"       {me} ui{store}   (browse every run in MLflow)")
+    say(f"       {me} export {spec.name} --out champion{store}")
+
+
+def _store_flag(tracking_uri: str) -> str:
+    default = resolve_tracking_uri()
+    return "" if tracking_uri == default else f" --tracking-uri {redact_uri(tracking_uri)}"
 
 
 def run_sweep(
@@ -90,10 +146,12 @@ def run_sweep(
     storage_path: str,
     resume: bool = False,
     address: str | None = None,
+    verbose: bool = False,
 ) -> SweepOutcome | None:
     """Run the whole grid (or, with `resume`, what a crash left of it); every MLflow run this
     creates ends FINISHED or FAILED. Returns None when asked to resume a finished sweep."""
-    connect_ray(address)
+    quiet_libraries(verbose)
+    connect_ray(address, verbose)
     check_shared_storage(storage_path)
     path = experiment_path(spec, storage_path)
     if resume and not tune.Tuner.can_restore(path):
@@ -101,12 +159,18 @@ def run_sweep(
             f"no sweep {spec.name!r} to resume under {path}; start it with "
             "`satsweep run SPEC` (or give the --storage-path it used)"
         )
-    print(f"satsweep: MLflow store {redact_uri(tracking_uri)}")
-    print(f"satsweep: browse it with  {ui_command(tracking_uri)}")
+    r = spec.resources
+    say(
+        f"sweep {spec.name!r}: {spec.num_trials} trials, {r.max_concurrent_trials} at a time "
+        f"({r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU each), "
+        f"{spec.training.epochs} epochs, dataset {spec.dataset.name}"
+    )
+    say(f"MLflow store {redact_uri(tracking_uri)}; browse it with `{command()} ui"
+        f"{_store_flag(tracking_uri)}`")  # fmt: skip
     client = MlflowClient(tracking_uri)
     opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
     if opened is None:
-        print(f"satsweep: sweep {spec.name!r} already finished; nothing to resume")
+        say(f"sweep {spec.name!r} already finished; nothing to resume")
         return None
     experiment_id, parent = opened
     context = SweepContext(
@@ -121,17 +185,21 @@ def run_sweep(
     )
     ray_status: dict[str, str] = {}
     try:
-        results = fit(spec, context, storage_path, resume)
+        results = fit(spec, context, storage_path, resume, verbose)
         for result in results:
             if names.TRIAL_ID in result.metrics:
                 trial_id = result.metrics[names.TRIAL_ID]
                 ray_status[trial_id] = "ERROR" if result.error else "TERMINATED"
         failed = len(results.errors)
-        if spec.audit.enabled:
-            run_audit(spec, results, context, client)
+        audit_seconds = run_audit(spec, results, context, client) if spec.audit.enabled else 0.0
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         report_sweep(spec, tracking_uri)
+        usage = slot_utilisation(
+            client, experiment_id, parent, spec.resources.max_concurrent_trials, audit_seconds
+        )
+        log_epoch(client, parent, usage, step=0)
         close_sweep_run(client, parent, failed)
+        closing_lines(spec, tracking_uri, usage, failed)
     except BaseException:
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         close_sweep_run(client, parent, failed=None)
@@ -139,14 +207,14 @@ def run_sweep(
     return SweepOutcome(parent, experiment_id, len(results) - failed, failed)
 
 
-def fit(spec: SweepSpec, context: SweepContext, storage_path: str, resume: bool):
+def fit(spec: SweepSpec, context: SweepContext, storage_path: str, resume: bool, verbose: bool):
     """Ray Tune over the grid: a new Tuner, or the sweep's restored one on resume."""
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-    if resume:
+    if resume:  # the restored Tuner keeps its own run config: no per-trial lines
         path = experiment_path(spec, storage_path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
-    return new_tuner(spec, trainable, storage_path).fit()
+    return new_tuner(spec, trainable, storage_path, verbose).fit()
 
 
 def _scheduler(spec: SweepSpec):
@@ -155,7 +223,10 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-def new_tuner(spec: SweepSpec, trainable, storage_path: str) -> tune.Tuner:
+def new_tuner(spec: SweepSpec, trainable, storage_path: str, verbose: bool = False) -> tune.Tuner:
+    lines = TrialLines(
+        spec.num_trials, spec.resources.max_concurrent_trials, rank_eps(spec), trial_name
+    )
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
@@ -172,6 +243,7 @@ def new_tuner(spec: SweepSpec, trainable, storage_path: str) -> tune.Tuner:
             storage_path=storage_uri(storage_path),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            verbose=1,
+            verbose=1 if verbose else 0,
+            callbacks=[lines],
         ),
     )

@@ -14,6 +14,7 @@ MASKING_SUSPECTED = "masking_suspected"
 MAJORITY_SHARE = "prediction_majority_share"  # share of the most predicted class
 COLLAPSED = "collapsed"  # 1.0: constant or chance-level classifier
 CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
+FLAGS_REPORT = "flags"  # in Tune's last report only (text): the raised masking flags
 TRAIN_SECONDS = "train_seconds"  # this epoch's training, wall clock
 SECONDS_PER_EPOCH = "train_seconds_per_epoch"  # mean over the epochs trained so far
 _MASKING = "masking/"

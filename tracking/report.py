@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from tracking import metric_names as names
+from tracking.palette import WORST, colour
 from tracking.runs import trial_runs
 from tracking.select import (
     DEFAULT_EPS,
@@ -80,13 +80,13 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
                 if (parsed := names.parse_robust_acc(k)) is not None and parsed[1] == eps
             }
         )
-        for i, attack in enumerate(attacks):
+        for attack in attacks:
             ys = [r.data.metrics.get(names.robust_acc(attack, eps)) for r in rs]
             bold = attack == NAIVE
             ax.plot(
                 lams,
                 ys,
-                color="#d62728" if bold else colormaps["tab20"](i % 20),
+                color=colour(attack),
                 marker="o",
                 lw=2.5 if bold else 1,
                 alpha=1 if bold else 0.6,
@@ -96,9 +96,9 @@ def robustness_vs_lambda(runs, eps: float) -> Figure:
             lams,
             [r.data.metrics.get(names.worst_case_acc(eps)) for r in rs],
             marker="s",
-            color="black",
+            color=colour(WORST),
             lw=2.5,
-            label="worst case",
+            label=WORST,
         )
         ax.plot(
             lams,
@@ -186,7 +186,6 @@ def defence_comparison(runs, eps: float) -> Figure:
     (dashed) against λ, one colour per defence, one panel per architecture x activation."""
     groups = _groups(runs, by_defence=False)
     labels = sorted({defence_label(r.data.params) for r in runs})
-    colour = {label: colormaps["tab10"](i % 10) for i, label in enumerate(labels)}
     fig = Figure(figsize=(5.5 * len(groups) + 1.5, 4.2))
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, ((arch, act), rs) in zip(axes, groups.items(), strict=True):
@@ -197,14 +196,45 @@ def defence_comparison(runs, eps: float) -> Figure:
             lams = [float(r.data.params["lam"]) for r in mine]
             worst = [r.data.metrics.get(names.worst_case_acc(eps)) for r in mine]
             fgsm = [r.data.metrics.get(names.robust_acc(NAIVE, eps)) for r in mine]
-            ax.plot(lams, worst, color=colour[label], marker="s", lw=2, label=f"{label}: worst")
-            ax.plot(lams, fgsm, color=colour[label], ls="--", marker="o", lw=1, alpha=0.7,
+            ax.plot(lams, worst, color=colour(label), marker="s", lw=2, label=f"{label}: worst")
+            ax.plot(lams, fgsm, color=colour(label), ls="--", marker="o", lw=1, alpha=0.7,
                     label=f"{label}: FGSM")  # fmt: skip
         _lam_axis(ax, [float(r.data.params["lam"]) for r in rs])
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{arch}, {act}: accuracy at ε = {eps:g}", fontsize=9)
         ax.set_ylabel("accuracy")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def worst_case_curves(runs, candidates, eps: float) -> Figure:
+    """Worst-case accuracy against eps of the best trial (by worst case at `eps`, collapsed
+    trials left out) of each (defence, activation): colour per defence, style per activation."""
+    usable = {c.run_id for c in candidates if not c.collapsed and c.worst is not None}
+    best: dict[tuple[str, str], object] = {}
+    for r in runs:
+        if r.info.run_id not in usable:
+            continue
+        key = (defence_label(r.data.params), r.data.params.get("activation", "?"))
+        score = r.data.metrics.get(names.worst_case_acc(eps), -1)
+        if key not in best or score > best[key].data.metrics.get(names.worst_case_acc(eps), -1):
+            best[key] = r
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    activations = sorted({k[1] for k in best})
+    for (defence, act), r in sorted(best.items()):
+        points = sorted((e, v) for k, v in r.data.metrics.items()
+                        if (e := names.parse_worst_case_acc(k)) is not None and e < 1)  # fmt: skip
+        ax.plot(*zip(*points, strict=True), marker="s", lw=2, color=colour(defence),
+                ls=styles[activations.index(act) % 4],
+                label=f"{defence}, {act} (λ={float(r.data.params['lam']):g})")  # fmt: skip
+    ax.set_xlabel("ε (L∞)")
+    ax.set_ylabel("worst-case accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("best trial per (defence, activation)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig
 
@@ -300,6 +330,7 @@ def write_report(
         "report/robustness_vs_lambda.png": robustness_vs_lambda(runs, eps),
         "report/clean_vs_worst_case.png": clean_vs_worst(candidates, eps),
         "report/saturation_vs_lambda.png": saturation_vs_lambda(runs),
+        "report/worst_case_curves.png": worst_case_curves(runs, candidates, eps),
     }
     if len({defence_label(r.data.params) for r in runs}) > 1:
         artifacts["report/defence_comparison.png"] = defence_comparison(runs, eps)

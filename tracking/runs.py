@@ -64,12 +64,6 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def ui_command(tracking_uri: str) -> str:
-    if not tracking_uri.startswith("sqlite:"):
-        return f"open {redact_uri(tracking_uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
-
-
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """The experiment for a sweep name, created (with a local artifact root) on first use."""
     exp = client.get_experiment_by_name(name)

@@ -1,10 +1,12 @@
-"""Figures a trial logs: pre-activation histograms per hidden layer (the paper's figure)."""
+"""Figures a trial logs: pre-activation histograms per hidden layer (the paper's figure) and
+its robustness curves (accuracy against eps for every attack and the worst case)."""
 
 from __future__ import annotations
 
 import torch
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
 
+from tracking.palette import WORST, colour
 from trainables.activations import activation
 
 
@@ -19,15 +21,46 @@ def preactivation_histograms(model, x: torch.Tensor, threshold: float, title: st
     for i, (ax, h) in enumerate(zip(axes[0], preacts, strict=True)):
         values = h.flatten().double().cpu().numpy()
         ax.hist(values, bins=80, color="#4c72b0", log=True)
-        marks = [0.0] if model.activation == "relu" else [-threshold, threshold]
+        if model.activation == "relu":
+            marks = [(0.0, "saturated: h ≤ 0", "#c44e52", "--")]
+        else:
+            marks = [(t, f"saturated: |h| > {threshold:g}", "#c44e52", "--")
+                     for t in (-threshold, threshold)]  # fmt: skip
         flat = activation(model.activation).float32_flat
         if flat is not None:
-            marks += [-flat, flat]
-        for m in marks:
-            ax.axvline(m, color="#c44e52", lw=0.8, ls="--")
+            marks += [(t, f"float32 slope = 0: |h| > {flat:g}", "#8c564b", ":")
+                      for t in (-flat, flat)]  # fmt: skip
+        for position, label, col, style in marks:
+            ax.axvline(position, color=col, lw=0.9, ls=style, label=label)
         ax.set_title(f"hidden layer {i + 1}")
         ax.set_xlabel("pre-activation h")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # each threshold once
+    axes[0][-1].legend(unique.values(), unique.keys(), fontsize=7, loc="upper right")
     axes[0][0].set_ylabel("units x points (log)")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_curves(
+    accuracy: dict[tuple[str, float], float], worst: dict[float, float], title: str
+) -> Figure:
+    """Accuracy against eps for every attack (thin) and the per-example worst case (bold
+    black): where a naive attack's curve sits far above the rest, it is being fooled."""
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for attack in sorted({a for a, _ in accuracy}):
+        points = sorted((e, v) for (a, e), v in accuracy.items() if a == attack)
+        style = {"lw": 2, "ls": "--"} if attack == "fgsm" else {"lw": 1, "alpha": 0.8}
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=colour(attack),
+                label=attack + (" (naive)" if attack == "fgsm" else ""), **style)  # fmt: skip
+    ax.plot(*zip(*sorted(worst.items()), strict=True), marker="s", lw=2.5, color=colour(WORST),
+            label=WORST)  # fmt: skip
+    ax.set_xlabel("ε (L∞, inputs in [0, 1])")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig

@@ -42,9 +42,10 @@ from trainables.evaluate import (
     quick_evaluation,
     run_attacks,
     transfer_source,
+    worst_case,
 )
 from trainables.models import export_program
-from trainables.plots import preactivation_histograms
+from trainables.plots import preactivation_histograms, robustness_curves
 from trainables.settings import (
     ArchitectureSettings,
     DefenceSettings,
@@ -64,6 +65,8 @@ from trainables.train import (
 
 CHECKPOINT_FILE = "state.pt"
 PER_EXAMPLE_ARTIFACT = "robustness/per_example.json"
+CURVES_ARTIFACT = "robustness/curves.png"
+AUDIT_SECONDS = "audit_task_seconds"  # returned to the driver, not logged
 # Tune's console table shows the first four metrics of a report: the headline ones go first.
 HEADLINE_METRICS = (names.EPOCH, names.CLEAN_ACC, "train_acc", "effective_lambda")
 
@@ -103,9 +106,10 @@ def _prepare_worker(context: SweepContext) -> torch.device:
 
 def final_evaluation(
     cfg: TrialSettings, data: Dataset, state: TrainState, client: MlflowClient, run_id: str
-) -> dict:
+) -> tuple[dict, list[str]]:
     """The cheap attack tier, masking flags, per-example results and the saturation figure,
-    logged to the trial's run; returns the metrics to report with the last epoch."""
+    logged to the trial's run; returns the metrics to report with the last epoch and the names
+    of the raised flags."""
     e = cfg.evaluation
     idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
     x, y = data.x_test[idx], data.y_test[idx]
@@ -120,8 +124,19 @@ def final_evaluation(
     threshold = cfg.training.saturation_threshold
     figure = preactivation_histograms(state.model, x, threshold, cfg.run_name)
     client.log_figure(run_id, figure, "saturation/preactivation_histograms.png")
+    log_curves(client, run_id, results, cfg.run_name)
     log_model(cfg, data, state, client, run_id)
-    return metrics
+    raised = [n for n, (_, flag) in diagnostics.items() if flag and n != names.MASKING_SUSPECTED]
+    return metrics, raised
+
+
+def log_curves(client: MlflowClient, run_id: str, results: list, title: str) -> None:
+    """The trial's robustness curves over the bounded budgets (re-drawn after an audit)."""
+    bounded = [r for r in results if r.eps < 1]
+    accuracy = {(r.attack, r.eps): r.accuracy for r in bounded}
+    worst = {e: worst_case(bounded, e).float().mean().item() for e in {r.eps for r in bounded}}
+    figure = robustness_curves(accuracy, worst, title)
+    client.log_figure(run_id, figure, CURVES_ARTIFACT)
 
 
 def log_model(
@@ -148,6 +163,7 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
     """The audit tier on one finished trial (a Ray task): the audit's attacks on the audit set,
     joined per example with the trial's stored cheap-tier results (`evaluate.merge_audit`),
     logged into the trial's own run."""
+    start = time.perf_counter()
     cfg = context.trial(config)
     device = _prepare_worker(context)
     data = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, cfg.dataset.download).to(device)
@@ -165,8 +181,9 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
         path = client.download_artifacts(run_id, PER_EXAMPLE_ARTIFACT, folder)
         record = json.loads(Path(path).read_text())
     logged = client.get_run(run_id).data.metrics
+    merged = merge_audit(record, audit_idx, audit_results)
     metrics, diagnostics = audit_metrics(
-        merge_audit(record, audit_idx, audit_results),
+        merged,
         audit_results,
         logged[names.masking("zero_grad_float32")],
         logged[names.masking("zero_grad_float64")],
@@ -175,9 +192,10 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
     log_epoch(client, run_id, metrics, step=cfg.training.epochs)
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.set_tag(run_id, AUDITED_TAG, "true")
+    log_curves(client, run_id, merged, f"{cfg.run_name} (audited)")
     audit_info = {"audit_indices": audit_idx.tolist(), **cfg.audit.model_dump(mode="json")}
     client.log_dict(run_id, audit_info, "robustness/audit.json")
-    return metrics
+    return metrics | {AUDIT_SECONDS: time.perf_counter() - start}
 
 
 def run_trial(config: dict, context: SweepContext) -> None:
@@ -245,8 +263,11 @@ def _train_and_report(
     epochs, every = cfg.training.epochs, cfg.evaluation.every_epochs
     overfitted = False
     for metrics in train(cfg, data, state):
+        flags = {}
         if state.epoch == epochs:
-            metrics |= final_evaluation(cfg, data, state, client, run_id)
+            final, raised = final_evaluation(cfg, data, state, client, run_id)
+            metrics |= final
+            flags = {names.FLAGS_REPORT: ", ".join(raised)}  # for the console; not a metric
         elif every and state.epoch % every == 0:
             metrics |= quick_evaluation(cfg, data, state.model)
         log_epoch(client, run_id, metrics, step=state.epoch)
@@ -259,4 +280,5 @@ def _train_and_report(
             continue
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder) / CHECKPOINT_FILE, state, {"mlflow_run_id": run_id})
-            tune.report(headline | metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            checkpoint = tune.Checkpoint.from_directory(folder)
+            tune.report(headline | metrics | flags, checkpoint=checkpoint)

@@ -72,7 +72,7 @@ def runs_by_role(client):
 
 def test_store_holds_one_sweep_run_and_four_finished_linked_trials(finished_sweep):
     out, client, work = finished_sweep
-    assert f"sqlite:///{work / 'mlflow.db'}" in out.stdout and "mlflow ui" in out.stdout
+    assert f"sqlite:///{work / 'mlflow.db'}" in out.stdout and " ui" in out.stdout
     sweeps, trials = runs_by_role(client)
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
     assert len(trials) == 4
@@ -147,6 +147,8 @@ def test_every_trial_is_attacked_and_flagged(finished_sweep):
         assert {"masking.zero_grad_float32", "masking.masking_suspected"} <= set(t.data.tags)
         assert t.data.tags["masking.masking_suspected"] in ("true", "false")
         assert client.list_artifacts(t.info.run_id, "saturation")
+        curves = {a.path for a in client.list_artifacts(t.info.run_id, "robustness")}
+        assert "robustness/curves.png" in curves
 
 
 def test_audit_adds_square_and_autoattack_to_the_chosen_trials(finished_sweep):
@@ -253,5 +255,20 @@ def test_report_is_on_the_sweep_run(finished_sweep):
         "report/robustness_vs_lambda.png",
         "report/clean_vs_worst_case.png",
         "report/saturation_vs_lambda.png",
+        "report/worst_case_curves.png",
         "report/summary.md",
     } <= names
+
+
+def test_console_is_the_runs_own_voice(finished_sweep):
+    out, _, _ = finished_sweep
+    lines = out.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("[")]
+    assert [line.split("]")[0] for line in progress] == [f"[{k}/4" for k in range(1, 5)]
+    assert all("ETA" in line and "clean " in line and "worst@" in line for line in progress)
+    assert any(line.startswith("satsweep: champion ") for line in lines)
+    assert any(" ui" in line for line in lines if line.startswith("satsweep: next:"))
+    everything = out.stdout + out.stderr
+    assert "WARNING" not in everything and "╭" not in everything and "Traceback" not in everything
+    assert len(lines) <= 40
+    assert "slot utilisation" in out.stdout

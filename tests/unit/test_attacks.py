@@ -24,6 +24,7 @@ from trainables.evaluate import (
     AttackResult,
     attack_options,
     check_bounds,
+    collapse_check,
     correct,
     eval_indices,
     evaluate_robustness,
@@ -191,3 +192,26 @@ def test_stabilisation_gap_catches_naive_attacks_that_only_adaptive_ones_expose(
     ecfg = make_cfg(evaluation={"eps": [0.1]}).evaluation
     assert diagnose(saturated, 0.0, 0.0, ecfg)["stabilisation_gap"] == (pytest.approx(0.11), True)
     assert diagnose(normal, 0.0, 0.0, ecfg)["stabilisation_gap"][1] is False
+
+
+class ConstantNet(nn.Module):
+    """Predicts class 3 whatever the input: a collapsed model."""
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        logits[:, 3] = 5.0
+        return logits + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_a_constant_classifier_is_collapsed_not_masked(eval_points, relu_net):
+    x, y = eval_points
+    settings = make_cfg()
+    share, collapsed = collapse_check(ConstantNet(), x, y, settings)
+    assert share == 1.0 and collapsed
+    assert collapse_check(relu_net, x, y, settings)[1] is False
+    acc = {("fgsm", 0.1): 0.1, ("pgd_ce", 0.1): 0.1, ("pgd_ce", 1.0): 0.1}  # nothing moves it
+    from trainables.masking import diagnose
+
+    raised = diagnose(acc, 1.0, 1.0, settings.evaluation, collapsed=True)
+    assert raised["unbounded_failure"][1] and raised["masking_suspected"] == (0.0, False)
+    assert diagnose(acc, 1.0, 1.0, settings.evaluation)["masking_suspected"][1] is True

@@ -172,7 +172,7 @@ def test_cli_dry_run_prints_every_trial():
     spec, _ = load_spec(REPO / "sweeps" / "quickstart.yaml")
     assert out.returncode == 0
     assert f"{spec.num_trials} trials" in out.stdout
-    assert "mlp-64x64_sigmoid_lam10_seed0" in out.stdout
+    assert "mlp-64x64_sigmoid_lam3_seed0" in out.stdout
 
 
 def test_cli_unwritable_storage_exits_2_before_ray_starts(tmp_path):
@@ -212,3 +212,48 @@ def test_cli_silent_tracking_server_exits_2(tmp_path):
 def test_grad_clip_norm_must_be_positive():
     with pytest.raises(SpecError, match=r"training.grad_clip_norm: must be > 0.*Fix:"):
         parse_spec(with_change("training.grad_clip_norm", 0.0), source="bad.yaml")
+
+
+DEFENCE_ERRORS = [
+    ({"kind": "madry"}, "grid.defences[0].kind", "unknown value"),
+    ({"kind": "pgd", "eps": 0.0}, "grid.defences[0].eps", "must be > 0"),
+    ({"kind": "pgd", "eps": -0.1}, "grid.defences[0].eps", "must be > 0"),
+    ({"kind": "pgd", "steps": 0}, "grid.defences[0].steps", "must be >= 1"),
+    ({"kind": "fgsm_rs", "step_size": 0.0}, "grid.defences[0].step_size", "must be > 0"),
+    ({"kind": "trades", "beta": -1.0}, "grid.defences[0].beta", "must be > 0"),
+    ({"kind": "pgd", "epsilon": 0.1}, "grid.defences[0].epsilon", "did you mean `eps`"),
+]
+
+
+@pytest.mark.parametrize("entry, field, problem", DEFENCE_ERRORS)
+def test_bad_defence_entries_are_refused_naming_the_field(entry, field, problem):
+    with pytest.raises(SpecError) as err:
+        parse_spec(with_change("grid.defences", [entry]), source="bad.yaml")
+    message = str(err.value)
+    assert f"bad.yaml: {field}:" in message and problem in message and "Fix:" in message
+
+
+def test_cli_bad_defence_exits_2_with_one_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_change("grid.defences", [{"kind": "pgd", "steps": 0}])))
+    out = satsweep("run", str(bad), "--dry-run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "grid.defences[0].steps" in out.stderr
+
+
+def test_defences_multiply_the_grid_and_name_the_runs():
+    spec = parse_spec(with_change("grid.defences", [{"kind": "none"}, {"kind": "pgd", "eps": 0.1}]))
+    assert spec.num_trials == 4
+    assert list(spec.defences) == ["none", "pgd-e0.1-k40-a0.00625"]
+
+
+def test_duplicate_defences_are_refused():
+    twice = [{"kind": "pgd", "eps": 0.1}, {"kind": "pgd", "eps": 0.1}]
+    with pytest.raises(SpecError, match=r"grid.defences\[1\]: duplicates"):
+        parse_spec(with_change("grid.defences", twice))
+
+
+def test_defences_mnist_spec_answers_the_papers_question():
+    spec, _ = load_spec(REPO / "sweeps" / "defences_mnist.yaml")
+    assert {d.kind for d in spec.grid.defences} == {"none", "fgsm_rs", "pgd", "trades"}
+    assert 0.0 in spec.grid.lambdas and {"relu", "sigmoid"} <= set(spec.grid.activations)

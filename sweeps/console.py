@@ -1,0 +1,99 @@
+"""What `satsweep run` prints: a header, one line per finished trial with progress and ETA, the
+audit's lines, and a closing summary with the next commands. Library chatter (Ray's tables,
+result boxes, snapshot warnings, workers' output) stays off unless `-v` asks for it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+
+from ray.tune import Callback
+
+from tracking import metric_names as names
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Silence what a researcher need not read: Ray Tune's repeated snapshot warning, Ray's
+    and MLflow's INFO lines, and Python warnings from libraries. `verbose` keeps them."""
+    if verbose:
+        return
+    # Ray Tune: "Set it to 0 to completely suppress this warning" (experiment_state.py)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
+def say(message: str) -> None:
+    print(f"satsweep: {message}", flush=True)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class TrialLines(Callback):
+    """One line per finished or failed trial: `[k/N] elapsed, ETA, name, clean, worst, flags`.
+    The ETA assumes the remaining trials take as long as the finished ones, `slots` at a time."""
+
+    def __init__(self, total: int, slots: int, eps: float, name_of):
+        self.total, self.slots, self.eps, self.name_of = total, max(1, slots), eps, name_of
+        self.start = time.monotonic()
+        self.done = 0
+        self.trial_seconds: list[float] = []
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.setdefault(trial.trial_id, time.monotonic())
+
+    def _progress(self, trial) -> str:
+        self.done += 1
+        now = time.monotonic()
+        self.trial_seconds.append(now - self.started.get(trial.trial_id, self.start))
+        left = self.total - self.done
+        mean = sum(self.trial_seconds) / len(self.trial_seconds)
+        eta = duration(left * mean / self.slots) if left else "0s"
+        width = len(str(self.total))
+        return f"[{self.done:>{width}}/{self.total}] {duration(now - self.start)}, ETA {eta}"
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        line = summary(trial.last_result, self.eps)
+        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  {line}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        where = getattr(trial, "error_file", None) or "its trial folder"
+        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  FAILED (see {where})",
+              flush=True)  # fmt: skip
+
+
+def summary(metrics: dict, eps: float) -> str:
+    """`clean 0.962  worst@0.1 0.016  [flags]` from a trial's last result."""
+    clean = metrics.get(names.CLEAN_ACC)
+    worst = metrics.get(names.worst_case_acc(eps))
+    text = f"clean {clean:.3f}" if isinstance(clean, float) else "clean –"
+    text += f"  worst@{eps:g} {worst:.3f}" if isinstance(worst, float) else ""
+    if metrics.get(names.COLLAPSED):
+        return text + "  collapsed"
+    if metrics.get("diverged_at_epoch"):
+        return text + f"  diverged at epoch {int(metrics['diverged_at_epoch'])}"
+    flags = metrics.get(names.FLAGS_REPORT, "")
+    return text + (f"  flags: {flags}" if flags else "")
+
+
+def command() -> str:
+    """How the user can type `satsweep` again: plain when it is on PATH, else the path they
+    ran (e.g. `.venv/bin/satsweep` after `make demo`)."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) != "satsweep":
+        return "satsweep"
+    on_path = shutil.which("satsweep")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return "satsweep"
+    return os.path.relpath(argv0) if not os.path.relpath(argv0).startswith("..") else argv0

@@ -1,0 +1,78 @@
+"""A real sweep with the defence axis: `satsweep run` on a local Ray instance and a SQLite
+MLflow store; the defence is a param and part of the run name, the overfitting check and the
+training cost are logged, and the report compares the defences."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "name": "it-defences",
+    "grid": {
+        "architectures": [{"kind": "mlp", "hidden": [32]}],
+        "activations": ["relu"],
+        "lambdas": [0.0],
+        "defences": [{"kind": "none"}, {"kind": "fgsm_rs", "eps": 0.1, "keep_best": True}],
+    },
+    "training": {"epochs": 3, "batch_size": 32, "optimizer": {"lr": 3.0e-3}},
+    "evaluation": {"size": 100, "eps": [0.1], "pgd_steps": 5, "apgd_iterations": 5,
+                   "noise_draws": 5},
+    "audit": {"top_k": 1, "size": 100, "square_queries": 50},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    work = tmp_path_factory.mktemp("defences")
+    (work / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results"],
+        cwd=work, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("it-defences")
+    runs = client.search_runs([exp.experiment_id])
+    trials = {r.data.params["defence"]: r for r in runs if r.data.tags["satsweep.role"] == "trial"}
+    parent = next(r for r in runs if r.data.tags["satsweep.role"] == "sweep")
+    return client, trials, parent
+
+
+def test_each_defence_is_a_param_and_in_the_run_name(sweep):
+    _, trials, _ = sweep
+    assert set(trials) == {"none", "fgsm_rs"}
+    fgsm = trials["fgsm_rs"]
+    assert fgsm.info.run_name == "mlp-32_relu_lam0_fgsm_rs-e0.1-a0.125-best_seed0"
+    assert (
+        fgsm.data.params["defence.eps"] == "0.1"
+        and fgsm.data.params["defence.step_size"] == "0.125"
+    )
+    assert fgsm.data.params["defence.penalty_on"] == "adversarial"
+    assert trials["none"].info.run_name == "mlp-32_relu_lam0_seed0"
+
+
+def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
+    client, trials, _ = sweep
+    run_id = trials["fgsm_rs"].info.run_id
+    checks = client.get_metric_history(run_id, "robust_check/train_pgd_acc")
+    assert sorted(m.step for m in checks) == [1, 2, 3]
+    assert len(client.get_metric_history(run_id, "catastrophic_overfitting")) == 3
+    assert 1 <= trials["fgsm_rs"].data.metrics["kept_epoch"] <= 3
+    cost = trials["fgsm_rs"].data.metrics["train_seconds_per_epoch"]
+    assert cost > trials["none"].data.metrics["train_seconds_per_epoch"]  # the attack costs
+
+
+def test_report_compares_the_defences(sweep):
+    client, _, parent = sweep
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/defence_comparison.png" in names
+    path = client.download_artifacts(parent.info.run_id, "report/summary.md")
+    summary = Path(path).read_text()
+    assert "## Defences compared" in summary and "fgsm_rs ε=0.1" in summary
+    assert "(champion)" in summary
