@@ -4,29 +4,40 @@ one readable message; a sweep whose trials failed exits with 1."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import socket
 import sys
 from pathlib import Path
 
+from sweeps.console import command
 from sweeps.spec import SpecError, load_spec
-from tracking.runs import DEFAULT_DB, absolute_uri, redact_uri, resolve_tracking_uri
+from tracking.runs import (
+    DEFAULT_DB,
+    absolute_uri,
+    redact_uri,
+    resolve_tracking_uri,
+)
 from tracking.select import (
     DEFAULT_EPS,
     DEFAULT_MIN_CLEAN_ACC,
     RULE,
     SelectionError,
-    eligible,
     load_candidates,
     pareto_front,
     record_selection,
     select_best,
     verdict,
 )
+from tracking.store import SERVER_TIMEOUT_S, StoreError, check_store
 from tracking.sweep_run import SweepNotFound
 from trainables.data import DatasetNotFoundError
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+CONFIRM_ABOVE = 1000  # trials: a bigger grid runs only after --yes or a typed "y"
+DRY_RUN_ROWS = 50  # trials listed by --dry-run without --all
 
 
 class UsageError(ValueError):
@@ -50,7 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         "--storage-path",
         help="where Ray keeps results and checkpoints (default: the spec's storage_path)",
     )
-    run.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    run.add_argument(
+        "--dry-run", action="store_true", help="check everything, print the trials and exit"
+    )
+    run.add_argument("--all", action="store_true", help="with --dry-run: list every trial")
+    run.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"run a grid of more than {CONFIRM_ABOVE} trials without asking",
+    )
     run.add_argument(
         "--address",
         help="Ray cluster to run on: auto, or ray://HOST:10001 "
@@ -74,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     _store_flag(best)
     _rule_flags(best)
     best.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    best.add_argument("--all", action="store_true", help="show every trial")
+    best.add_argument("--json", action="store_true", help="print the ranking as JSON")
     best.add_argument(
         "--record",
         action="store_true",
@@ -162,13 +183,12 @@ def _store_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def existing_store(cli_uri: str | None) -> str:
-    """The tracking URI of a store that must already exist (reading never creates one)."""
+    """The tracking URI of a store that must already exist (reading never creates one), and
+    answer quickly: MLflow's client would retry a silent server for minutes."""
     uri = resolve_tracking_uri(cli_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise SelectionError(
-            f"no MLflow store at {uri}; run a sweep first, or pass "
-            "--tracking-uri (or set MLFLOW_TRACKING_URI)"
-        )
+    check_store(uri, must_exist=True)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(SERVER_TIMEOUT_S * 2))
     return uri
 
 
@@ -177,10 +197,12 @@ def _fail(message: str) -> int:
     return USAGE_ERROR
 
 
-def _print_trials(spec) -> None:
+def _print_trials(spec, show_all: bool) -> None:
     from sweeps.grid import grid_points, trial_name
 
     rows = grid_points(spec)
+    hidden = 0 if show_all else max(0, len(rows) - DRY_RUN_ROWS)
+    rows = rows[: len(rows) - hidden]
     width = max(len(trial_name(r)) for r in rows)
     print(
         f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} "
@@ -192,7 +214,12 @@ def _print_trials(spec) -> None:
             f"{trial_name(r):<{width}}  {r['arch']:<18} {r['activation']:<10} "
             f"{r['lam']:>8g} {kind:<8} {r['seed']:>4}"
         )
-    print(f"{len(rows)} trials, {spec.training.epochs} epochs each, dataset {spec.dataset.name}")
+    if hidden:
+        print(f"... and {hidden} more (--all lists them)")
+    print(
+        f"{spec.num_trials} trials, {spec.training.epochs} epochs each, "
+        f"dataset {spec.dataset.name}: every check passed"
+    )
 
 
 def cmd_run(args) -> int:
@@ -200,18 +227,24 @@ def cmd_run(args) -> int:
         spec, text = load_spec(args.spec)
     except SpecError as err:
         return _fail(str(err))
-    if args.dry_run:
-        _print_trials(spec)
-        return 0
-    from sweeps.launch import run_sweep
     from sweeps.preflight import PreflightError, check_before_ray
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     storage_path = args.storage_path or spec.storage_path
-    try:
-        check_before_ray(spec, storage_path, tracking_uri)
+    try:  # the same checks for a dry run: it must refuse what the real run refuses
+        check_before_ray(spec, storage_path, tracking_uri, args.address, args.resume)
     except (DatasetNotFoundError, PreflightError, ValueError) as err:
         return _fail(str(err))
+    if args.dry_run:
+        _print_trials(spec, args.all)
+        return 0
+    if spec.num_trials > CONFIRM_ABOVE and not args.yes and not _confirmed(spec.num_trials):
+        return _fail(
+            f"the grid has {spec.num_trials} trials (more than {CONFIRM_ABOVE}); check it with "
+            "--dry-run, then pass --yes to run it"
+        )
+    from sweeps.launch import SweepInterrupted, run_sweep
+
     try:
         outcome = run_sweep(
             spec,
@@ -224,11 +257,34 @@ def cmd_run(args) -> int:
         )
     except PreflightError as err:  # e.g. nothing to resume, node-local storage on a cluster
         return _fail(str(err))
+    except SweepInterrupted:
+        resume = " ".join(["run", args.spec, "--resume", *_passed_on(args)])
+        print(f"satsweep: interrupted; the sweep's runs are marked KILLED. Continue it with:\n"
+              f"  {command()} {resume}", file=sys.stderr)  # fmt: skip
+        return INTERRUPTED
     except ConnectionError as err:
         return _fail(f"cannot reach the Ray cluster at {args.address or 'RAY_ADDRESS'}: {err}")
     if outcome is None:
         return 0
     return 1 if outcome.failed else 0
+
+
+def _confirmed(trials: int) -> bool:
+    """Ask on a terminal; without one (scripts, CI) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"satsweep: run all {trials} trials? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _passed_on(args) -> list[str]:
+    """The flags a resumed run must repeat to find the same sweep."""
+    flags = []
+    for flag in ("tracking_uri", "storage_path", "address"):
+        value = getattr(args, flag)
+        if value:
+            flags += [f"--{flag.replace('_', '-')}", redact_uri(value)]
+    return flags
 
 
 def _fmt(value: float | None) -> str:
@@ -245,24 +301,60 @@ def cmd_best(args) -> int:
     client = MlflowClient(uri)
     parent, candidates = load_candidates(client, args.sweep, args.eps)
     chosen = select_best(candidates, args.min_clean_acc, args.include_flagged)
-    pool = {c.run_id for c in eligible(candidates, args.min_clean_acc, args.include_flagged)}
+    verdicts = {c.run_id: verdict(c, args.min_clean_acc, args.include_flagged) for c in candidates}
     ranked = sorted(
-        candidates, key=lambda c: (c.run_id in pool, c.worst or -1, c.clean), reverse=True
+        candidates,
+        key=lambda c: (verdicts[c.run_id][0], c.worst or -1, c.clean),
+        reverse=True,
     )
-    width = max(len(c.run_name) for c in candidates)
+    if args.json:
+        print(json.dumps(_ranking_json(ranked, verdicts, chosen, args), indent=2))
+    else:
+        _print_ranking(ranked, verdicts, chosen, candidates, args)
+    if args.record:
+        record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
+        print(f"recorded this selection on the sweep run {parent} (tags satsweep.selection.*)",
+              file=sys.stderr if args.json else sys.stdout)  # fmt: skip
+    return 0
+
+
+def _ranking_json(ranked, verdicts, chosen, args) -> dict:
+    """The ranking for scripts: every trial, in order, with the rule's verdict."""
+    return {
+        "sweep": args.sweep,
+        "eps": args.eps,
+        "min_clean_acc": args.min_clean_acc,
+        "include_flagged": args.include_flagged,
+        "rule": RULE,
+        "champion": chosen.run_id,
+        "trials": [
+            {
+                **dataclasses.asdict(c),
+                "eligible": verdicts[c.run_id][0],
+                "why": verdicts[c.run_id][1],
+            }
+            for c in ranked
+        ],
+    }
+
+
+def _print_ranking(ranked, verdicts, chosen, candidates, args) -> None:
+    shown = ranked if args.all else ranked[: args.top]
+    width = max(len(c.run_name) for c in shown)
     e = f"{args.eps:g}"
     print(f"sweep {args.sweep}: {len(candidates)} trials; rule: {RULE}")
     print(
-        f"{'':2}{'run':<{width}}  {'λ':>6}  {'arch':<14} {'act':<8} {'clean':>6}  "
+        f"{'':2}{'run':<{width}}  {'λ':>6}  {'defence':<8} {'act':<8} {'clean':>6}  "
         f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  in or out, and why"
     )
-    for c in ranked[: args.top]:
-        why = verdict(c, args.min_clean_acc, args.include_flagged)[1]
+    for c in shown:
         mark = "*" if c is chosen else " "
         print(
-            f"{mark} {c.run_name:<{width}}  {c.lam:>6g}  {c.arch:<14} {c.activation:<8} "
-            f"{_fmt(c.clean):>6}  {_fmt(c.worst):>10}  {_fmt(c.fgsm):>9}  {why}"
+            f"{mark} {c.run_name:<{width}}  {c.lam:>6g}  {c.defence:<8} {c.activation:<8} "
+            f"{_fmt(c.clean):>6}  {_fmt(c.worst):>10}  {_fmt(c.fgsm):>9}  {verdicts[c.run_id][1]}"
         )
+    if len(shown) < len(ranked):
+        print(f"showing {len(shown)} of {len(ranked)} trials (--all for the rest)")
     print(
         f"\nchampion: {chosen.run_name}  (run {chosen.run_id}), worst case {chosen.worst:.3f} "
         f"at eps {e}, clean {chosen.clean:.3f}, naive FGSM {_fmt(chosen.fgsm)}"
@@ -273,10 +365,6 @@ def cmd_best(args) -> int:
             f"  clean {c.clean:.3f}  worst {_fmt(c.worst)}  {c.run_name}"
             + ("  [masking suspected]" if c.flagged else "")
         )
-    if args.record:
-        record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
-        print(f"recorded this selection on the sweep run {parent} (tags satsweep.selection.*)")
-    return 0
 
 
 def cmd_export(args) -> int:
@@ -366,8 +454,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return command[args.command](args)
-    except (SelectionError, SweepNotFound, UsageError) as err:
+    except (SelectionError, SweepNotFound, UsageError, StoreError) as err:
         return _fail(str(err))
+    except BrokenPipeError:  # `satsweep best ... | head`: the reader left, so leave quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print("satsweep: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,9 +8,6 @@ import logging
 import os
 import shutil
 import sys
-import time
-
-from ray.tune import Callback
 
 from tracking import metric_names as names
 
@@ -37,40 +34,6 @@ def say(message: str) -> None:
 def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-class TrialLines(Callback):
-    """One line per finished or failed trial: `[k/N] elapsed, ETA, name, clean, worst, flags`.
-    The ETA assumes the remaining trials take as long as the finished ones, `slots` at a time."""
-
-    def __init__(self, total: int, slots: int, eps: float, name_of):
-        self.total, self.slots, self.eps, self.name_of = total, max(1, slots), eps, name_of
-        self.start = time.monotonic()
-        self.done = 0
-        self.trial_seconds: list[float] = []
-        self.started: dict[str, float] = {}
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started.setdefault(trial.trial_id, time.monotonic())
-
-    def _progress(self, trial) -> str:
-        self.done += 1
-        now = time.monotonic()
-        self.trial_seconds.append(now - self.started.get(trial.trial_id, self.start))
-        left = self.total - self.done
-        mean = sum(self.trial_seconds) / len(self.trial_seconds)
-        eta = duration(left * mean / self.slots) if left else "0s"
-        width = len(str(self.total))
-        return f"[{self.done:>{width}}/{self.total}] {duration(now - self.start)}, ETA {eta}"
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        line = summary(trial.last_result, self.eps)
-        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  {line}", flush=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        where = getattr(trial, "error_file", None) or "its trial folder"
-        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  FAILED (see {where})",
-              flush=True)  # fmt: skip
 
 
 def summary(metrics: dict, eps: float) -> str:

@@ -5,6 +5,7 @@ Ray Tune, audit, report, close the parent run. Each step's work lives in its own
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from sweeps.audit import rank_eps, run_audit
-from sweeps.console import TrialLines, command, duration, quiet_libraries, say
+from sweeps.console import command, duration, quiet_libraries, say
 from sweeps.grid import param_space, trial_name
-from sweeps.preflight import PreflightError, check_shared_storage, storage_uri
+from sweeps.preflight import (
+    PreflightError,
+    check_cluster_fits,
+    check_shared_storage,
+    storage_uri,
+    store_lock,
+    sweep_lock,
+)
+from sweeps.progress import TrialLines
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.report import write_report
@@ -33,6 +42,7 @@ from tracking.select import DEFAULT_MIN_CLEAN_ACC, SelectionError, load_candidat
 from tracking.sweep_run import (
     SweepNotFound,
     close_sweep_run,
+    interrupt_sweep_run,
     reconcile_trial_runs,
     reopen_sweep_run,
     start_sweep_run,
@@ -139,6 +149,14 @@ def _store_flag(tracking_uri: str) -> str:
     return "" if tracking_uri == default else f" --tracking-uri {redact_uri(tracking_uri)}"
 
 
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the sweep; its runs are KILLED and `--resume` continues it."""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C
+
+
 def run_sweep(
     spec: SweepSpec,
     spec_text: str,
@@ -148,17 +166,43 @@ def run_sweep(
     address: str | None = None,
     verbose: bool = False,
 ) -> SweepOutcome | None:
-    """Run the whole grid (or, with `resume`, what a crash left of it); every MLflow run this
-    creates ends FINISHED or FAILED. Returns None when asked to resume a finished sweep."""
+    """Run the whole grid (or, with `resume`, what a crash or an interruption left of it).
+    Every MLflow run this creates ends FINISHED, FAILED or (interrupted) KILLED. Returns None
+    when asked to resume a finished sweep; raises SweepInterrupted on Ctrl-C or SIGTERM."""
     quiet_libraries(verbose)
-    connect_ray(address, verbose)
-    check_shared_storage(storage_path)
-    path = experiment_path(spec, storage_path)
-    if resume and not tune.Tuner.can_restore(path):
-        raise PreflightError(
-            f"no sweep {spec.name!r} to resume under {path}; start it with "
-            "`satsweep run SPEC` (or give the --storage-path it used)"
+    # Tune's own Ctrl-C handler ends fit() as if the sweep had finished: take the signal here
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    with sweep_lock(storage_path, spec.name):
+        connect_ray(address, verbose)
+        signal.signal(signal.SIGTERM, _interrupt)
+        check_shared_storage(storage_path)
+        check_cluster_fits(spec)
+        if resume and not tune.Tuner.can_restore(experiment_path(spec, storage_path)):
+            raise PreflightError(
+                f"no sweep {spec.name!r} to resume under {experiment_path(spec, storage_path)}; "
+                "start it with `satsweep run SPEC` (or give the --storage-path it used)"
+            )
+        header(spec, tracking_uri)
+        client = MlflowClient(tracking_uri)
+        with store_lock(tracking_uri):  # two new sweeps must not both create the schema
+            opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
+        if opened is None:
+            say(f"sweep {spec.name!r} already finished; nothing to resume")
+            return None
+        context = SweepContext(
+            shared=spec.shared(),
+            architectures=spec.architectures,
+            defences=spec.defences,
+            tracking_uri=tracking_uri,
+            experiment_id=opened[0],
+            parent_run_id=opened[1],
+            git_commit=code_version(),
+            cpus_per_trial=spec.resources.cpus_per_trial,
         )
+        return execute(spec, context, client, storage_path, resume, verbose)
+
+
+def header(spec: SweepSpec, tracking_uri: str) -> None:
     r = spec.resources
     say(
         f"sweep {spec.name!r}: {spec.num_trials} trials, {r.max_concurrent_trials} at a time "
@@ -167,22 +211,19 @@ def run_sweep(
     )
     say(f"MLflow store {redact_uri(tracking_uri)}; browse it with `{command()} ui"
         f"{_store_flag(tracking_uri)}`")  # fmt: skip
-    client = MlflowClient(tracking_uri)
-    opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
-    if opened is None:
-        say(f"sweep {spec.name!r} already finished; nothing to resume")
-        return None
-    experiment_id, parent = opened
-    context = SweepContext(
-        shared=spec.shared(),
-        architectures=spec.architectures,
-        defences=spec.defences,
-        tracking_uri=tracking_uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent,
-        git_commit=code_version(),
-        cpus_per_trial=spec.resources.cpus_per_trial,
-    )
+
+
+def execute(
+    spec: SweepSpec,
+    context: SweepContext,
+    client: MlflowClient,
+    storage_path: str,
+    resume: bool,
+    verbose: bool,
+) -> SweepOutcome:
+    """The grid, the audit, the report, then the parent run closed; on an interruption or a
+    crash, no run is left RUNNING."""
+    experiment_id, parent = context.experiment_id, context.parent_run_id
     ray_status: dict[str, str] = {}
     try:
         results = fit(spec, context, storage_path, resume, verbose)
@@ -193,13 +234,16 @@ def run_sweep(
         failed = len(results.errors)
         audit_seconds = run_audit(spec, results, context, client) if spec.audit.enabled else 0.0
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
-        report_sweep(spec, tracking_uri)
+        report_sweep(spec, context.tracking_uri)
         usage = slot_utilisation(
             client, experiment_id, parent, spec.resources.max_concurrent_trials, audit_seconds
         )
         log_epoch(client, parent, usage, step=0)
         close_sweep_run(client, parent, failed)
-        closing_lines(spec, tracking_uri, usage, failed)
+        closing_lines(spec, context.tracking_uri, usage, failed)
+    except KeyboardInterrupt:
+        interrupt_sweep_run(client, experiment_id, parent)
+        raise SweepInterrupted(spec.name) from None
     except BaseException:
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         close_sweep_run(client, parent, failed=None)

@@ -1,19 +1,24 @@
 """Pre-flight checks: everything outside the spec that can stop a sweep is checked before Ray
 starts (or, for the cluster's shape, right after connecting), each failure one `PreflightError`
 phrased for people: the dataset and every architecture on it, the storage path, the tracking
-store, shared storage on a multi-host cluster."""
+store and experiment, the machine's resources, the Ray address, shared storage and node sizes
+on a cluster. The checks before Ray write nothing."""
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import os
-import urllib.error
-import urllib.request
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
 from sweeps.spec import SweepSpec
-from tracking.runs import redact_uri
+from tracking.store import StoreError, check_store
 from trainables.data import load_dataset
 from trainables.models import SaturatingNet
 
@@ -23,37 +28,140 @@ class PreflightError(RuntimeError):
 
 
 def check_storage(storage_path: str) -> None:
-    """A local storage path must be a writable folder (remote URIs are checked by Ray)."""
+    """A local storage path must be, or be creatable as, a folder this user can write to. Only
+    looks: nothing is created, so a dry run checks the same. Remote URIs must answer."""
     if "://" in storage_path:
+        check_object_storage(storage_path)
         return
     folder = Path(storage_uri(storage_path))
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise PreflightError(
+            f"storage path {folder} cannot be used ({problem}); pass --storage-path with a "
+            "folder you can write to"
+        )
+
+
+def check_object_storage(uri: str, timeout_s: float = 15) -> None:
+    """s3:// or gs:// storage must answer within `timeout_s` (pyarrow's clients would retry
+    for minutes on an unreachable endpoint)."""
+    import pyarrow.fs
+
+    def probe():
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        filesystem.get_file_info(path)
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(probe)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".satsweep-write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        future.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise PreflightError(
+            f"object storage {uri} did not answer in {timeout_s:g} s; check the network and "
+            "credentials, or pass --storage-path with a local or NFS folder"
+        ) from None
+    except Exception as err:  # pyarrow raises OSError, ArrowInvalid, ... for a bad bucket
+        raise PreflightError(f"object storage {uri} cannot be used ({err})") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_resources(spec: SweepSpec, address: str | None) -> None:
+    """On this machine (no cluster address), a trial must fit: Ray would otherwise wait for
+    CPUs or GPUs that never come."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    r = spec.resources
+    cpus = os.cpu_count() or 1
+    if r.cpus_per_trial > cpus:
+        raise PreflightError(
+            f"resources.cpus_per_trial is {r.cpus_per_trial:g} but this machine has {cpus} "
+            f"CPUs; ask for at most {cpus}, or run on a cluster (--address)"
+        )
+    if r.gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if r.gpus_per_trial > gpus:
+            raise PreflightError(
+                f"resources.gpus_per_trial is {r.gpus_per_trial:g} but this machine has "
+                f"{gpus} GPUs; set it to 0 for CPU trials, or run on a cluster with GPUs"
+            )
+
+
+def check_cluster_fits(spec: SweepSpec) -> None:
+    """After connecting: the largest node must hold one trial, or Ray waits forever."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    r = spec.resources
+    if not any(
+        n.get("CPU", 0) >= r.cpus_per_trial and n.get("GPU", 0) >= r.gpus_per_trial for n in nodes
+    ):
+        raise PreflightError(
+            f"no node of the Ray cluster has {r.cpus_per_trial:g} CPUs and "
+            f"{r.gpus_per_trial:g} GPUs for one trial; lower resources.cpus_per_trial or "
+            "resources.gpus_per_trial, or add such a node"
+        )
+
+
+def check_address(address: str | None, timeout_s: float = 5) -> None:
+    """A Ray address must answer before `ray.init` (which would retry it for minutes), and a
+    `ray://` address needs Ray's client libraries."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    target = address
+    if address.startswith("ray://"):
+        if importlib.util.find_spec("grpc") is None:
+            raise PreflightError(
+                f"{address} is a Ray client address, which needs Ray's client libraries: "
+                "pip install 'ray[client]' (or submit from the head node with --address auto)"
+            )
+        target = address[len("ray://") :]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise PreflightError(
+            f"Ray address {address!r} is not HOST:PORT; use e.g. ray://head:10001, "
+            "head:6379 or auto"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
         raise PreflightError(
-            f"storage path {folder} is not writable ({err.strerror}); pass "
-            "--storage-path with a folder you can write to"
-        ) from err
+            f"the Ray cluster at {address} does not answer ({err.strerror or err}); start it "
+            "(`ray up ray_cluster.yaml`) or fix --address"
+        ) from None
+
+
+def check_experiment(spec: SweepSpec, tracking_uri: str, resume: bool) -> None:
+    """The sweep's experiment must not be in MLflow's trash (runs cannot be added there).
+    Looked up only in a store that already exists, so a new SQLite file is not created here."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(tracking_uri).get_experiment_by_name(spec.name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise PreflightError(
+            f"experiment {spec.name!r} was deleted in this store (id {exp.experiment_id}); "
+            f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
+            "or give the sweep another name"
+        )
 
 
 def check_tracking(tracking_uri: str) -> None:
-    """The tracking store must answer: an HTTP server's /health, or a writable SQLite folder."""
-    if tracking_uri.startswith(("http://", "https://")):
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (OSError, urllib.error.URLError) as err:
-            raise PreflightError(
-                f"the MLflow server at {redact_uri(tracking_uri)} does not "
-                f"answer ({err}); start it (see README, 'Run on a cluster') or "
-                "fix --tracking-uri"
-            ) from err
-        raise PreflightError(f"the MLflow server at {redact_uri(tracking_uri)} is unhealthy")
+    """The tracking store must be usable (`tracking.store.check_store`), and a new SQLite
+    store creatable in a writable folder."""
+    try:
+        check_store(tracking_uri, must_exist=False)
+    except StoreError as err:
+        raise PreflightError(str(err)) from None
     if tracking_uri.startswith("sqlite:///"):
         folder = Path(tracking_uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -121,8 +229,64 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def check_before_ray(spec: SweepSpec, storage_path: str, tracking_uri: str) -> None:
-    """Every check that needs no Ray: data, storage, tracking store."""
+def check_before_ray(
+    spec: SweepSpec,
+    storage_path: str,
+    tracking_uri: str,
+    address: str | None = None,
+    resume: bool = False,
+) -> None:
+    """Every check that needs no Ray, and writes nothing (a dry run makes the same checks):
+    data and architectures, storage, tracking store and experiment, resources, Ray address."""
     check_data(spec)
     check_storage(storage_path)
     check_tracking(tracking_uri)
+    check_experiment(spec, tracking_uri, resume)
+    check_resources(spec, address)
+    check_address(address)
+
+
+@contextmanager
+def sweep_lock(storage_path: str, name: str):
+    """Held while a sweep runs: a second launch of the same sweep on the same storage is
+    refused instead of sharing (and corrupting) Ray's experiment state. Remote storage
+    (s3://, gs://) cannot be locked from here; the lock is then skipped."""
+    if "://" in storage_path:
+        yield
+        return
+    folder = Path(storage_uri(storage_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise PreflightError(
+                f"sweep {name!r} is already running from {folder} ({holder}); wait for it, "
+                "or give this one another name or --storage-path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def store_lock(tracking_uri: str):
+    """Serialise the first touches of a SQLite store (MLflow creates its schema then), so two
+    sweeps started together on a new store do not race on it. Servers serialise themselves."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

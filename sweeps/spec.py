@@ -24,10 +24,12 @@ from trainables.settings import (
     SweepSettings,
     fix,
     require,
+    run_name,
 )
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder and experiment name
 MAX_SPEC_BYTES = 1 << 20
+MAX_RUN_NAME = 200  # Ray adds "_<trial id>" to make a folder name; file systems allow 255
 
 
 class SpecError(ValueError):
@@ -111,6 +113,19 @@ class SweepSpec(SweepSettings):
             "audit.size",
             f"is smaller than evaluation.size ({self.evaluation.size})",
             "the audit set must contain the evaluation subset: make it at least as large",
+        )
+        longest = run_name(
+            max(self.architectures, key=len),
+            max(self.grid.activations, key=len),
+            max(self.grid.lambdas, key=lambda lam: len(f"{lam:g}")),
+            max(self.grid.seeds),
+            max(self.defences, key=len),
+        )
+        require(
+            len(longest) <= MAX_RUN_NAME,
+            "grid.architectures",
+            f"makes run names of {len(longest)} characters, more than a folder name can hold",
+            f"use fewer or shorter layers (run names must stay within {MAX_RUN_NAME})",
         )
         rank = self.audit.rank_eps
         require(

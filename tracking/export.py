@@ -49,6 +49,9 @@ def export_model(
     client = MlflowClient(tracking_uri)
     run_id, sweep, by_rule = resolve_run(client, tracking_uri, sweep_or_run, rule)
     run = client.get_run(run_id)
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise SelectionError(f"--out {out}: {blocked} is a file; give a new or empty folder")
     if out.exists() and any(out.iterdir()):
         raise SelectionError(f"--out {out} is not empty; give a new or empty folder")
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:

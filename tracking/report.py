@@ -325,6 +325,8 @@ def write_report(
     """Log the report's figures and summary to the sweep's parent run; returns their paths."""
     client = MlflowClient(tracking_uri)
     parent, runs = _evaluated_trial_runs(client, sweep)
+    if not runs:
+        raise SelectionError(f"sweep {sweep!r} has no evaluated trial yet: nothing to report")
     _, candidates = load_candidates(client, sweep, eps)
     artifacts = {
         "report/robustness_vs_lambda.png": robustness_vs_lambda(runs, eps),

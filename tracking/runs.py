@@ -39,12 +39,11 @@ def resolve_tracking_uri(cli_uri: str | None = None, spec_uri: str | None = None
 
 
 def absolute_uri(uri: str) -> str:
-    """Make sqlite and file-path URIs absolute; leave http(s) and other schemes alone."""
+    """Make sqlite URIs absolute; leave http(s), other schemes and plain paths alone (a plain
+    path is refused by `store.check_uri`, with the sqlite URI it probably meant)."""
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]
         return f"sqlite:///{Path(path).expanduser().resolve()}" if not path.startswith("/") else uri
-    if "://" not in uri:
-        return Path(uri).expanduser().resolve().as_uri()
     return uri
 
 

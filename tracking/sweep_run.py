@@ -96,3 +96,16 @@ def close_sweep_run(client: MlflowClient, parent_run_id: str, failed: int | None
         return
     client.set_tag(parent_run_id, "satsweep.trials_failed", str(failed))
     finish_run(client, parent_run_id, "FINISHED", note="finished" if not failed else "partial")
+
+
+def interrupt_sweep_run(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    """Ctrl-C or SIGTERM: the parent and every trial run still RUNNING end KILLED, tagged
+    `interrupted`, so the store shows an unfinished sweep and `--resume` reopens it."""
+    running = search_all(
+        client,
+        experiment_id,
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in running:
+        finish_run(client, run.info.run_id, "KILLED", note="interrupted")
+    finish_run(client, parent_run_id, "KILLED", note="interrupted")

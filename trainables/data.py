@@ -108,12 +108,13 @@ def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:
     try:
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
-    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+    except Exception as err:  # missing, truncated, corrupt or unwritable: all one answer
         raise DatasetNotFoundError(
-            f"dataset {name!r} not found under {root.resolve()} ({err}). Fix: put the "
-            f"torchvision files there, point dataset.data_dir at them, or set "
-            f"dataset.download: true on a machine with internet access"
-        ) from err
+            f"dataset {name!r} cannot be loaded from {root.resolve()} "
+            f"({type(err).__name__}: {err}). Fix: put intact torchvision files there "
+            "(docs/data.md), point dataset.data_dir at them, or set dataset.download: true on "
+            "a machine with internet access and a writable data_dir"
+        ) from None
     return Dataset(name, *_as_tensors(train), *_as_tensors(test))
 
 

@@ -186,7 +186,7 @@ def test_cli_unwritable_storage_exits_2_before_ray_starts(tmp_path):
         "--tracking-uri",
         f"sqlite:///{tmp_path}/m.db",
     )
-    assert out.returncode == 2 and "not writable" in out.stderr
+    assert out.returncode == 2 and "cannot be used" in out.stderr and "is a file" in out.stderr
     assert not (tmp_path / "m.db").exists()
 
 

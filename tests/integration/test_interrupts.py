@@ -1,0 +1,101 @@
+"""Interrupted is not finished, and one sweep runs once at a time: real processes, real signals,
+a real Ray instance and a real SQLite MLflow store."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.test_faults import FAST_EVAL, start, trial_runs, wait_for, write_spec
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+def slow_spec(name: str) -> dict:
+    return {
+        "name": name,
+        "grid": {"architectures": [{"kind": "mlp", "hidden": [64]}],
+                 "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
+        "training": {"epochs": 40, "batch_size": 16},
+        "evaluation": FAST_EVAL, "audit": {"enabled": False},
+        "resources": {"max_concurrent_trials": 2},
+    }  # fmt: skip
+
+
+def all_runs(client, name):
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_sweep_is_killed_not_finished_and_resumes(tmp_path, how):
+    name = f"interrupt-{how}"
+    client = write_spec(tmp_path, slow_spec(name))
+    proc = start(tmp_path)
+    try:
+        wait_for(
+            lambda: any(
+                client.get_metric_history(r.info.run_id, "clean_acc")
+                for r in trial_runs(client, name)
+            ),
+            300,
+            "a trial's first epoch",
+        )
+        if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out[-3000:]
+    assert "--resume" in out and "Traceback" not in out
+    runs = all_runs(client, name)
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    (parent,) = [r for r in runs if r.data.tags["satsweep.role"] == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["satsweep.status"] == "interrupted"
+
+    resumed = start(tmp_path, "--resume")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    runs = all_runs(client, name)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len([r for r in runs if r.data.tags["satsweep.role"] == "trial"]) == 2
+
+
+def test_a_second_launch_of_a_running_sweep_is_refused(tmp_path):
+    client = write_spec(tmp_path, slow_spec("twice"))
+    first = start(tmp_path)
+    try:
+        wait_for(lambda: trial_runs(client, "twice"), 300, "the first launch's trials")
+        second = subprocess.run(
+            [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    assert second.returncode == 2 and "already running" in second.stderr
+    assert (
+        len([r for r in all_runs(client, "twice") if r.data.tags["satsweep.role"] == "sweep"]) == 1
+    )
+
+
+def test_two_sweeps_started_together_on_a_new_store_both_finish(tmp_path):
+    procs = []
+    for name in ("left", "right"):
+        work = tmp_path / name
+        work.mkdir()
+        spec = slow_spec(name) | {"training": {"epochs": 2, "batch_size": 64}}
+        write_spec(work, spec)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results",
+             "--tracking-uri", f"sqlite:///{tmp_path / 'shared.db'}"],
+            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
