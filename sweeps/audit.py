@@ -1,6 +1,7 @@
 """The audit tier, after the grid: which finished trials get the strong attacks (the top k by
-worst case among those above the selection floor, plus every flagged one), run as Ray tasks
-with a trial's resources. A failed audit is tagged on its run and does not fail the sweep."""
+worst case among those above the selection floor, every flagged one, and the rule's champion
+until it is audited), run as Ray tasks with a trial's resources. A failed audit is tagged on
+its run and does not fail the sweep."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from sweeps.grid import trial_name
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.runs import AUDITED_TAG, find_trial_run
-from tracking.select import DEFAULT_EPS, DEFAULT_MIN_CLEAN_ACC
+from tracking.select import (
+    DEFAULT_EPS,
+    DEFAULT_MIN_CLEAN_ACC,
+    Candidate,
+    SelectionError,
+    select_best,
+)
 from trainables.trainable import AUDIT_SECONDS, SweepContext, audit_trial
 
 
@@ -39,32 +46,89 @@ def audit_candidates(spec: SweepSpec, results) -> list:
 
 
 def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowClient) -> float:
-    """One Ray task per candidate, one line per audited trial as it arrives; returns the busy
-    seconds of the audit tasks."""
-    candidates = audit_candidates(spec, results)
+    """The candidates first, then, until it is so, the champion by the selection rule if the
+    audit has not confirmed it yet (an audit can only lower a worst case, so this ends): no
+    champion's worst case rests on the cheap tier alone. Returns the audit tasks' busy seconds."""
+    finished = {
+        r.metrics[names.TRIAL_ID]: r
+        for r in results
+        if r.error is None and r.checkpoint is not None and names.TRIAL_ID in r.metrics
+    }
+    batch = audit_candidates(spec, results)
+    say(f"audit ({', '.join(spec.audit.attacks)}) of {len(batch)} trials: the top "
+        f"{spec.audit.top_k} above the selection floor and every flagged one")  # fmt: skip
+    audited: dict[str, dict] = {}  # Ray trial id -> metrics after the audit
+    failed: set[str] = set()  # audits that broke: tagged on their runs, never retried
+    busy = 0.0
+    while batch:
+        busy += _audit_batch(spec, batch, context, client, audited, failed)
+        champion = _champion(spec, finished, audited)
+        settled = champion is None or champion in audited or champion in failed
+        batch = [] if settled else [finished[champion]]
+        if batch:
+            say(f"the champion by the rule, {trial_name(batch[0].config)}, is not audited yet")
+    return busy
+
+
+def _champion(spec: SweepSpec, finished: dict, audited: dict[str, dict]) -> str | None:
+    """Trial id of the rule's champion on the metrics known now (audited ones merged in)."""
+    eps = rank_eps(spec)
+    candidates = [_candidate(trial_id, r.metrics | audited.get(trial_id, {}), trial_id in audited,
+                             spec, eps) for trial_id, r in finished.items()]  # fmt: skip
+    try:
+        return select_best(candidates, DEFAULT_MIN_CLEAN_ACC, include_flagged=False).run_id
+    except SelectionError:
+        return None
+
+
+def _candidate(trial_id: str, metrics: dict, audited: bool, spec: SweepSpec, eps: float):
+    suspected = metrics.get(names.masking(names.MASKING_SUSPECTED)) == 1.0
+    m = spec.evaluation.masking
+    return Candidate(
+        run_id=trial_id, run_name=trial_id, status="finished", arch="", activation="", lam=0.0,
+        clean=metrics.get(names.CLEAN_ACC, 0.0), worst=metrics.get(names.worst_case_acc(eps)),
+        fgsm=None, flags=[names.MASKING_SUSPECTED] if suspected else [], audited=audited,
+        collapsed=bool(metrics.get(names.COLLAPSED)),
+        worst_curve={e: v for k, v in metrics.items()
+                     if (e := names.parse_worst_case_acc(k)) is not None},
+        unbounded_eps=spec.evaluation.unbounded_eps, unbounded_threshold=m.unbounded_threshold,
+        tolerance=m.tolerance,
+    )  # fmt: skip
+
+
+def _audit_batch(
+    spec: SweepSpec,
+    batch: list,
+    context: SweepContext,
+    client: MlflowClient,
+    audited: dict,
+    failed: set,
+) -> float:
+    """One Ray task per trial of the batch, one line per audited trial as it arrives; the
+    audited metrics go into `audited`, broken audits into `failed` (by Ray trial id)."""
     task = ray.remote(audit_trial).options(
         num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
     )
-    say(f"audit ({', '.join(spec.audit.attacks)}) of {len(candidates)} trials: the top "
-        f"{spec.audit.top_k} above the selection floor and every flagged one")  # fmt: skip
     eps = rank_eps(spec)
     busy = 0.0
     pending = {}
-    for r in candidates:
+    for r in batch:
         trial_id = r.metrics[names.TRIAL_ID]
         run_id = find_trial_run(client, context.experiment_id, context.parent_run_id, trial_id)
         ref = task.remote(r.config, context, r.checkpoint.path, run_id)
-        pending[ref] = (trial_name(r.config), run_id)
+        pending[ref] = (trial_name(r.config), run_id, trial_id)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        name, run_id = pending.pop(done[0])
+        name, run_id, trial_id = pending.pop(done[0])
         try:
             metrics = ray.get(done[0])
         except Exception as err:  # one broken audit must not hide the others' results
             client.set_tag(run_id, AUDITED_TAG, f"failed: {type(err).__name__}")
             say(f"audit of {name} failed: {err}")
+            failed.add(trial_id)
             continue
         busy += metrics.pop(AUDIT_SECONDS, 0.0)
+        audited[trial_id] = metrics
         worst = metrics.get(names.worst_case_acc(eps))
         suspected = bool(metrics[names.masking(names.MASKING_SUSPECTED)])
         worst_text = f"worst@{eps:g} {worst:.3f}" if worst is not None else "no worst case"

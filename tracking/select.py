@@ -2,17 +2,18 @@
 
 Default rule: among eligible trials, maximise worst_case_acc at the chosen eps; ties go to clean
 accuracy. Eligible (`verdict` says why, in words): FINISHED, evaluated at eps, not collapsed,
-clean_acc >= the floor, and either no masking flag, or flagged but audited with no flag that
-questions the worst case itself. A flag means the cheap attacks may have been fooled; the audit
-(Square, AutoAttack, merged per example) answers that, unless the attacks could not even reach
-~0 accuracy at the unbounded budget or accuracy rose with eps, which question every attack.
+clean_acc >= the floor, and either no masking flag, or flagged but audited with a worst case
+that passes its own checks. A flag means the cheap attacks may have been fooled; the audit
+(Square, AutoAttack, merged per example) answers that, unless the worst case itself is in
+doubt: every attack together still leaves points at the unbounded budget, or the worst case
+rises with eps.
 Everything here reads MLflow runs; nothing needs a model. Only `record_selection` writes, and
 only when a command is asked to (`satsweep best --record`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
 
@@ -22,11 +23,10 @@ from tracking.sweep_run import SweepNotFound, latest_sweep_run
 
 RULE = (
     "among FINISHED, non-collapsed trials with clean_acc >= min_clean_acc, maximise "
-    "worst_case_acc at eps; a masking-flagged trial qualifies only once audited and without a "
-    "flag that questions the worst case itself (or with include_flagged); ties: higher clean_acc"
+    "worst_case_acc at eps; a masking-flagged trial qualifies only once audited and with a "
+    "worst case that reaches ~0 at the unbounded eps and does not rise with eps (or with "
+    "include_flagged); ties: higher clean_acc"
 )
-# flags that say no attack here can be trusted, so even an audited worst case is in doubt
-QUESTION_WORST_CASE = ("unbounded_failure", "eps_non_monotone")
 
 
 DEFAULT_EPS = 0.1  # the MNIST reference budget (docs/method.md, section 4)
@@ -52,6 +52,10 @@ class Candidate:
     audited: bool = False
     collapsed: bool = False
     defence: str = "none"
+    worst_curve: dict[float, float] = field(default_factory=dict)  # eps -> worst case
+    unbounded_eps: float = 1.0
+    unbounded_threshold: float = 0.05
+    tolerance: float = 0.02
 
     @property
     def flagged(self) -> bool:
@@ -98,7 +102,27 @@ def _candidate(run, eps: float) -> Candidate:
         audited=t.get(AUDITED_TAG) == "true",
         collapsed=t.get(COLLAPSED_TAG) == "true" or m.get(names.COLLAPSED) == 1.0,
         defence=p.get("defence", "none"),
+        worst_curve={
+            e: v for k, v in m.items() if (e := names.parse_worst_case_acc(k)) is not None
+        },
+        unbounded_eps=float(p.get("evaluation.unbounded_eps", 1.0)),
+        unbounded_threshold=float(p.get("evaluation.masking.unbounded_threshold", 0.05)),
+        tolerance=float(p.get("evaluation.masking.tolerance", 0.02)),
     )
+
+
+def doubt(c: Candidate) -> str | None:
+    """Why the worst case itself cannot be trusted, or None: all the attacks together still
+    leave points standing at the unbounded eps (the whole [0, 1] box), or the worst case rises
+    with eps (a broken attack at the larger budget)."""
+    at_box = c.worst_curve.get(c.unbounded_eps)
+    if at_box is not None and at_box > c.unbounded_threshold:
+        return f"even at eps={c.unbounded_eps:g} every attack together leaves {at_box:.3f}"
+    curve = sorted(c.worst_curve.items())
+    for (e1, a1), (e2, a2) in zip(curve, curve[1:], strict=False):
+        if a2 > a1 + c.tolerance:
+            return f"the worst case rises from {a1:.3f} at eps={e1:g} to {a2:.3f} at eps={e2:g}"
+    return None
 
 
 def verdict(c: Candidate, min_clean_acc: float, include_flagged: bool) -> tuple[bool, str]:
@@ -116,9 +140,9 @@ def verdict(c: Candidate, min_clean_acc: float, include_flagged: bool) -> tuple[
         return True, "in: no masking flag" + ("; audited" if c.audited else "")
     if include_flagged:
         return True, f"in: flagged ({flags}), included by --include-flagged"
-    doubted = [f for f in c.flags if f in QUESTION_WORST_CASE]
-    if doubted:
-        return False, f"out: {', '.join(doubted)} questions every attack, the audit's too"
+    questioned = doubt(c)
+    if questioned:
+        return False, f"out: flagged ({flags}) and {questioned}"
     if not c.audited:
         return False, f"out: flagged ({flags}) and not audited: its worst case may be overstated"
     return True, f"in: flagged ({flags}), but its worst case includes the audit"

@@ -19,7 +19,8 @@ from tracking.select import (
 )
 
 GAP, UNBOUNDED = ["stabilisation_gap"], ["unbounded_failure"]
-# name: (clean, worst at 0.1, masking flags, status tag, MLflow status, other tags)
+AUDITED = {"satsweep.audited": "true"}
+# name: (clean, worst at 0.1, masking flags, status tag, MLflow status, other tags[, metrics])
 TRIALS = {
     "a": (0.95, 0.30, [], "finished", "FINISHED", {}),
     "b": (0.97, 0.60, GAP, "finished", "FINISHED", {}),  # flagged, not audited: out
@@ -27,9 +28,14 @@ TRIALS = {
     "d": (0.96, 0.30, [], "finished", "FINISHED", {}),
     "e": (0.99, 0.90, [], "failed", "FAILED", {}),
     "f": (0.98, 0.80, [], "stopped_early", "FINISHED", {}),
-    "g": (0.95, 0.65, GAP, "finished", "FINISHED", {"satsweep.audited": "true"}),  # confirmed
-    "h": (0.96, 0.75, UNBOUNDED, "finished", "FINISHED", {"satsweep.audited": "true"}),
+    "g": (0.95, 0.65, GAP, "finished", "FINISHED", AUDITED),  # confirmed by the audit
+    # audited, but every attack together leaves 0.3 standing in the whole box: in doubt
+    "h": (0.96, 0.75, UNBOUNDED, "finished", "FINISHED", AUDITED, {"worst_case_acc/eps_1": 0.3}),
     "i": (0.97, 0.85, [], "finished", "FINISHED", {"satsweep.collapsed": "true"}),
+    # PGD-CE alone failed in the box, the other attacks did not: the worst case stands
+    "j": (0.95, 0.50, UNBOUNDED, "finished", "FINISHED", AUDITED, {"worst_case_acc/eps_1": 0.0}),
+    # audited, but the worst case rises with eps: an attack broke at the larger budget
+    "k": (0.95, 0.55, GAP, "finished", "FINISHED", AUDITED, {"worst_case_acc/eps_0.2": 0.7}),
 }
 
 
@@ -41,7 +47,7 @@ def store(tmp_path_factory):
     exp = client.create_experiment("synth", artifact_location=(folder / "art").as_uri())
     parent = client.create_run(exp, run_name="synth", tags={"satsweep.role": "sweep"})
     ids = {}
-    for name, (clean, worst, flags, status, mlflow_status, extra) in TRIALS.items():
+    for name, (clean, worst, flags, status, mlflow_status, extra, *more) in TRIALS.items():
         run = client.create_run(
             exp,
             run_name=name,
@@ -61,6 +67,7 @@ def store(tmp_path_factory):
             ("clean_acc", clean),
             ("worst_case_acc/eps_0.1", worst),
             ("robust_acc/fgsm/eps_0.1", 0.99),
+            *(more[0].items() if more else ()),
         ):
             client.log_metric(rid, key, value, step=3)
         client.set_terminated(rid, mlflow_status)
@@ -89,8 +96,10 @@ def test_each_trial_is_in_or_out_for_a_stated_reason(store):
     assert not v["e"][0] and "FAILED" in v["e"][1]
     assert not v["f"][0] and "stopped_early" in v["f"][1]
     assert v["g"][0] and "includes the audit" in v["g"][1]
-    assert not v["h"][0] and "unbounded_failure" in v["h"][1]  # audited, yet every attack doubted
+    assert not v["h"][0] and "leaves 0.300" in v["h"][1]  # audited, yet the worst case doubted
     assert not v["i"][0] and "collapsed" in v["i"][1]
+    assert v["j"][0] and "includes the audit" in v["j"][1]
+    assert not v["k"][0] and "rises from 0.550" in v["k"][1]
 
 
 def test_ties_go_to_clean_accuracy(store):
@@ -175,3 +184,57 @@ def test_cli_refuses_a_store_that_does_not_exist(tmp_path):
     out = satsweep("best", "synth", "--tracking-uri", f"sqlite:///{tmp_path}/none.db")
     assert out.returncode == 2 and "no MLflow store" in out.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_selection_pages_past_the_first_thousand_runs(tmp_path):
+    """MLflow answers at most a page of runs per request; the best of 2,500 trials sits past
+    the first 1,000 (runs come back newest first, so the oldest is on the last page)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("big", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp, tags={"satsweep.role": "sweep"}).info.run_id
+    best = None
+    for i in range(2500):
+        run = client.create_run(exp, run_name=f"t{i}")
+        tags = {"satsweep.role": "trial", "mlflow.parentRunId": parent,
+                "satsweep.status": "finished", "masking.masking_suspected": "false"}  # fmt: skip
+        worst = 0.9 if i == 0 else 0.1 + (i % 100) / 1000
+        client.log_batch(
+            run.info.run_id,
+            metrics=[
+                Metric("clean_acc", 0.95, 0, 1),
+                Metric("worst_case_acc/eps_0.1", worst, 0, 1),
+            ],
+            params=[Param("lam", "0")],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        client.set_terminated(run.info.run_id)
+        best = best or run.info.run_id
+    _, candidates = load_candidates(client, "big", 0.1)
+    assert len(candidates) == 2500
+    assert best_run_id(uri, "big") == best
+
+
+def test_the_driver_audits_the_champion_until_the_audit_confirms_it():
+    """The audit loop's rule is `select_best`'s: an unaudited champion is sent to the audit,
+    and the audit's (lower) worst case can hand the title to another trial."""
+    from types import SimpleNamespace
+
+    from sweeps.audit import _champion
+    from sweeps.spec import parse_spec
+
+    spec = parse_spec({"name": "s", "grid": {"architectures": [{"kind": "mlp", "hidden": [8]}],
+                       "activations": ["relu"], "lambdas": [0.0]}})  # fmt: skip
+
+    def result(worst, suspected=0.0):
+        return SimpleNamespace(metrics={"clean_acc": 0.95, "worst_case_acc/eps_0.1": worst,
+                                        "masking/masking_suspected": suspected})  # fmt: skip
+
+    finished = {"a": result(0.50), "b": result(0.40), "c": result(0.90, suspected=1.0)}
+    assert _champion(spec, finished, {}) == "a"  # c is flagged and unaudited: out
+    lowered = {"a": {"worst_case_acc/eps_0.1": 0.30, "masking/masking_suspected": 0.0}}
+    assert _champion(spec, finished, lowered) == "b"  # the audit beat a: b is next, unaudited
+    confirmed = {"c": {"worst_case_acc/eps_0.1": 0.60, "masking/masking_suspected": 1.0}}
+    assert _champion(spec, finished, confirmed) == "c"  # flagged, but audited: in
