@@ -204,4 +204,4 @@ def test_nan_trial_is_marked_diverged_while_the_others_finish(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0 and "champion: mlp-32_relu_lam0_seed0" in out.stdout
-    assert "excluded: diverged" in out.stdout
+    assert "out: diverged" in out.stdout
