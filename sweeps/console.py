@@ -19,7 +19,9 @@ def quiet_libraries(verbose: bool) -> None:
         return
     # Ray Tune: "Set it to 0 to completely suppress this warning" (experiment_state.py)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Ray's new output engine prints its experiment box and paths even when silent; the
+    # legacy one honours verbose=0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import warnings

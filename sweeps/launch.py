@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from sweeps.audit import rank_eps, run_audit
 from sweeps.console import command, duration, quiet_libraries, say
-from sweeps.grid import param_space, trial_name
+from sweeps.grid import grid_points, param_space, trial_name
 from sweeps.preflight import (
     PreflightError,
     check_cluster_fits,
@@ -268,8 +268,9 @@ def _scheduler(spec: SweepSpec):
 
 
 def new_tuner(spec: SweepSpec, trainable, storage_path: str, verbose: bool = False) -> tune.Tuner:
+    width = max(len(trial_name(point)) for point in grid_points(spec))
     lines = TrialLines(
-        spec.num_trials, spec.resources.max_concurrent_trials, rank_eps(spec), trial_name
+        spec.num_trials, spec.resources.max_concurrent_trials, rank_eps(spec), trial_name, width
     )
     return tune.Tuner(
         trainable,

@@ -13,8 +13,9 @@ class TrialLines(Callback):
     """One line per finished or failed trial: `[k/N] elapsed, ETA, name, clean, worst, flags`.
     The ETA assumes the remaining trials take as long as the finished ones, `slots` at a time."""
 
-    def __init__(self, total: int, slots: int, eps: float, name_of):
+    def __init__(self, total: int, slots: int, eps: float, name_of, width: int = 0):
         self.total, self.slots, self.eps, self.name_of = total, max(1, slots), eps, name_of
+        self.width = width  # run names padded to this, so the figures line up
         self.start = time.monotonic()
         self.done = 0
         self.trial_seconds: list[float] = []
@@ -35,7 +36,8 @@ class TrialLines(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         line = summary(trial.last_result, self.eps)
-        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  {line}", flush=True)
+        name = self.name_of(trial.config)
+        print(f"{self._progress(trial)}  {name:<{self.width}}  {line}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         where = getattr(trial, "error_file", None) or "its trial folder"

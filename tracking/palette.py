@@ -11,11 +11,23 @@ WORST, CLEAN = "worst case", "clean"
 FIXED = {
     WORST: "black",
     CLEAN: "grey",
-    "fgsm": "#d62728",  # the naive attack, always red
-    "none": "#1f77b4",
-    "fgsm_rs": "#ff7f0e",
-    "pgd": "#2ca02c",
-    "trades": "#9467bd",
+    # attacks: the naive one red; each family in one hue, its stronger variant lighter/darker
+    "fgsm": "#d62728",
+    "fgsm_stable": "#ff9896",
+    "pgd_ce": "#1f77b4",
+    "pgd_margin": "#6baed6",
+    "pgd_bpda": "#9467bd",
+    "apgd_ce": "#2ca02c",
+    "apgd_t": "#98df8a",
+    "autoattack": "#8c564b",
+    "square": "#17becf",
+    "transfer": "#bcbd22",
+    "noise": "#c7c7c7",
+    # defences
+    "none": "#393b79",
+    "fgsm_rs": "#e6550d",
+    "pgd": "#31a354",
+    "trades": "#756bb1",
 }
 
 

@@ -90,7 +90,9 @@ def test_two_sweeps_started_together_on_a_new_store_both_finish(tmp_path):
     for name in ("left", "right"):
         work = tmp_path / name
         work.mkdir()
-        spec = slow_spec(name) | {"training": {"epochs": 2, "batch_size": 64}}
+        spec = slow_spec(name) | {
+            "training": {"epochs": 2, "batch_size": 64, "penalty": {"warmup_epochs": 1}}
+        }
         write_spec(work, spec)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results",

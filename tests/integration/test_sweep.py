@@ -267,7 +267,8 @@ def test_console_is_the_runs_own_voice(finished_sweep):
     assert [line.split("]")[0] for line in progress] == [f"[{k}/4" for k in range(1, 5)]
     assert all("ETA" in line and "clean " in line and "worst@" in line for line in progress)
     assert any(line.startswith("satsweep: champion ") for line in lines)
-    assert any(" ui" in line for line in lines if line.startswith("satsweep: next:"))
+    nexts = lines[[i for i, line in enumerate(lines) if line.startswith("satsweep: next:")][0] :]
+    assert any(" ui" in line and "browse every run" in line for line in nexts)
     everything = out.stdout + out.stderr
     assert "WARNING" not in everything and "╭" not in everything and "Traceback" not in everything
     assert len(lines) <= 40
