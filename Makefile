@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.satsweep-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "satsweep: setting up $(VENV) (first time only)"
+	@echo "satsweep: installing into $(VENV) (first run, or pyproject.toml changed)"
 	@$(BIN)/python -m pip install --quiet --quiet --upgrade pip
 	@$(BIN)/python -m pip install --quiet --quiet -e '.[test]'
 	@touch $(STAMP)
