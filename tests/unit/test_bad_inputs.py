@@ -314,3 +314,11 @@ def with_change_in(spec: dict, path: str, value) -> dict:
         node = node[key]
     node[last] = value
     return spec
+
+
+def test_object_storage_that_does_not_answer(tmp_path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(GOOD))
+    out = satsweep("run", "spec.yaml", "--dry-run", "--storage-path", "s3://satsweep-nowhere/x",
+                   cwd=tmp_path)  # fmt: skip
+    refused(out, "object storage s3://satsweep-nowhere/x")
+    assert out.seconds < 25  # the check gives up after 15 s; Python and imports take the rest
