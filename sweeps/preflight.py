@@ -7,9 +7,11 @@ on a cluster. The checks before Ray write nothing."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import os
 import socket
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -146,7 +148,8 @@ def check_experiment(spec: SweepSpec, tracking_uri: str, resume: bool) -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    exp = MlflowClient(tracking_uri).get_experiment_by_name(spec.name)
+    with store_lock(tracking_uri):  # another sweep may be creating this store's schema now
+        exp = MlflowClient(tracking_uri).get_experiment_by_name(spec.name)
     if exp is not None and exp.lifecycle_stage == "deleted":
         raise PreflightError(
             f"experiment {spec.name!r} was deleted in this store (id {exp.experiment_id}); "
@@ -279,11 +282,13 @@ def sweep_lock(storage_path: str, name: str):
 @contextmanager
 def store_lock(tracking_uri: str):
     """Serialise the first touches of a SQLite store (MLflow creates its schema then), so two
-    sweeps started together on a new store do not race on it. Servers serialise themselves."""
+    sweeps started together on a new store do not race on it. Servers serialise themselves.
+    The lock file lives in the temp folder, so nothing appears beside the user's store."""
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
+    digest = hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"satsweep-store-{digest}.lock"
     with open(lock, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

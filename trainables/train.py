@@ -10,6 +10,7 @@ Read top to bottom: set-up, one epoch of training, evaluation, the epoch loop, c
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -58,6 +59,20 @@ class TrainState:
 def pick_device() -> torch.device:
     """CUDA when present (Ray has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def release_cuda() -> None:
+    """Give a finished trial's GPU memory back: tensors kept by reference cycles, the caching
+    allocator's blocks and cuBLAS's per-process workspaces (which the allocator also counts:
+    65 MiB measured on an H200)."""
+    if not torch.cuda.is_available():
+        return
+    gc.collect()  # tensors held only by reference cycles (closures, generators) go first
+    torch.cuda.synchronize()
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:
+        clear_workspaces()
+    torch.cuda.empty_cache()
 
 
 def new_state(cfg: TrialSettings, data: Dataset, device: torch.device) -> TrainState:

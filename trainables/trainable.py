@@ -59,6 +59,7 @@ from trainables.train import (
     load_checkpoint,
     new_state,
     pick_device,
+    release_cuda,
     save_checkpoint,
     train,
 )
@@ -251,7 +252,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     finally:
         if device.type == "cuda":
             del data, state
-            torch.cuda.empty_cache()
+            release_cuda()
     finish_run(client, run_id, "FINISHED", note="finished")
 
 
