@@ -16,10 +16,11 @@ from tracking.runs import AUDITED_TAG, find_trial_run
 from tracking.select import (
     DEFAULT_EPS,
     DEFAULT_MIN_CLEAN_ACC,
-    Candidate,
     SelectionError,
+    candidate_from_metrics,
     select_best,
 )
+from trainables.settings import flatten
 from trainables.trainable import AUDIT_SECONDS, SweepContext, audit_trial
 
 
@@ -73,27 +74,20 @@ def run_audit(spec: SweepSpec, results, context: SweepContext, client: MlflowCli
 def _champion(spec: SweepSpec, finished: dict, audited: dict[str, dict]) -> str | None:
     """Trial id of the rule's champion on the metrics known now (audited ones merged in)."""
     eps = rank_eps(spec)
-    candidates = [_candidate(trial_id, r.metrics | audited.get(trial_id, {}), trial_id in audited,
-                             spec, eps) for trial_id, r in finished.items()]  # fmt: skip
+    params = flatten(spec.model_dump(mode="json"))  # the thresholds the trials were judged by
+    suspected = names.masking(names.MASKING_SUSPECTED)
+    candidates = []
+    for trial_id, result in finished.items():
+        metrics = result.metrics | audited.get(trial_id, {})
+        flags = [names.MASKING_SUSPECTED] if metrics.get(suspected) == 1.0 else []
+        candidates.append(candidate_from_metrics(
+            trial_id, metrics, params, eps, run_name=trial_id, status="finished", flags=flags,
+            audited=trial_id in audited,
+        ))  # fmt: skip
     try:
         return select_best(candidates, DEFAULT_MIN_CLEAN_ACC, include_flagged=False).run_id
     except SelectionError:
         return None
-
-
-def _candidate(trial_id: str, metrics: dict, audited: bool, spec: SweepSpec, eps: float):
-    suspected = metrics.get(names.masking(names.MASKING_SUSPECTED)) == 1.0
-    m = spec.evaluation.masking
-    return Candidate(
-        run_id=trial_id, run_name=trial_id, status="finished", arch="", activation="", lam=0.0,
-        clean=metrics.get(names.CLEAN_ACC, 0.0), worst=metrics.get(names.worst_case_acc(eps)),
-        fgsm=None, flags=[names.MASKING_SUSPECTED] if suspected else [], audited=audited,
-        collapsed=bool(metrics.get(names.COLLAPSED)),
-        worst_curve={e: v for k, v in metrics.items()
-                     if (e := names.parse_worst_case_acc(k)) is not None},
-        unbounded_eps=spec.evaluation.unbounded_eps, unbounded_threshold=m.unbounded_threshold,
-        tolerance=m.tolerance,
-    )  # fmt: skip
 
 
 def _audit_batch(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from mlflow.tracking import MlflowClient
 
 from tracking import metric_names as names
-from tracking.runs import AUDITED_TAG, COLLAPSED_TAG, STATUS_TAG, trial_runs
+from tracking.runs import AUDITED_TAG, STATUS_TAG, trial_runs
 from tracking.sweep_run import SweepNotFound, latest_sweep_run
 
 RULE = (
@@ -87,20 +87,47 @@ def load_candidates(client: MlflowClient, sweep: str, eps: float) -> tuple[str, 
 
 
 def _candidate(run, eps: float) -> Candidate:
-    m, p, t = run.data.metrics, run.data.params, run.data.tags
-    return Candidate(
-        run_id=run.info.run_id,
+    """A trial run as the rule sees it: its figures, its flags and audit from its tags."""
+    t = run.data.tags
+    return candidate_from_metrics(
+        run.info.run_id,
+        run.data.metrics,
+        run.data.params,
+        eps,
         run_name=run.info.run_name or run.info.run_id,
         status=t.get(STATUS_TAG, "") if run.info.status == "FINISHED" else run.info.status,
+        flags=names.flags_from_tags(t),
+        audited=t.get(AUDITED_TAG) == "true",
+    )
+
+
+def candidate_from_metrics(
+    run_id: str,
+    metrics: dict[str, float],
+    params: dict[str, str],
+    eps: float,
+    *,
+    run_name: str,
+    status: str,
+    flags: list[str],
+    audited: bool,
+) -> Candidate:
+    """A candidate from a trial's metrics and flat params: the one reading of them that both
+    selection (from MLflow) and the sweep's audit loop (from Tune's results) use."""
+    m, p = metrics, params
+    return Candidate(
+        run_id=run_id,
+        run_name=run_name,
+        status=status,
         arch=p.get("arch.name", "?"),
         activation=p.get("activation", "?"),
         lam=float(p.get("lam", "nan")),
         clean=m.get(names.CLEAN_ACC, 0.0),
         worst=m.get(names.worst_case_acc(eps)),
         fgsm=m.get(names.robust_acc("fgsm", eps)),
-        flags=names.flags_from_tags(t),
-        audited=t.get(AUDITED_TAG) == "true",
-        collapsed=t.get(COLLAPSED_TAG) == "true" or m.get(names.COLLAPSED) == 1.0,
+        flags=flags,
+        audited=audited,
+        collapsed=m.get(names.COLLAPSED) == 1.0,
         defence=p.get("defence", "none"),
         worst_curve={
             e: v for k, v in m.items() if (e := names.parse_worst_case_acc(k)) is not None

@@ -2,13 +2,12 @@
 MLflow store; the defence is a param and part of the run name, the overfitting check and the
 training cost are logged, and the report compares the defences."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
+
+from tests.integration.test_sweep import run_spec
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +30,7 @@ SPEC = {
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("defences")
-    (work / "spec.yaml").write_text(yaml.safe_dump(SPEC))
-    out = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results"],
-        cwd=work, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_spec(work, SPEC)
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("it-defences")
     runs = client.search_runs([exp.experiment_id])

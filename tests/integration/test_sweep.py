@@ -45,10 +45,9 @@ SPEC = {
 }
 
 
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sweep")
-    (work / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+def run_spec(work, spec: dict) -> subprocess.CompletedProcess:
+    """`satsweep run spec.yaml` in `work`, as a user types it; the sweep must succeed."""
+    (work / "spec.yaml").write_text(yaml.safe_dump(spec))
     out = subprocess.run(
         [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results"],
         cwd=work,
@@ -57,6 +56,13 @@ def finished_sweep(tmp_path_factory):
         timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    work = tmp_path_factory.mktemp("sweep")
+    out = run_spec(work, SPEC)
     uri = f"sqlite:///{work / 'mlflow.db'}"  # the default store: ./mlflow.db, made absolute
     return out, MlflowClient(uri), work
 

@@ -31,7 +31,15 @@ TRIALS = {
     "g": (0.95, 0.65, GAP, "finished", "FINISHED", AUDITED),  # confirmed by the audit
     # audited, but every attack together leaves 0.3 standing in the whole box: in doubt
     "h": (0.96, 0.75, UNBOUNDED, "finished", "FINISHED", AUDITED, {"worst_case_acc/eps_1": 0.3}),
-    "i": (0.97, 0.85, [], "finished", "FINISHED", {"satsweep.collapsed": "true"}),
+    "i": (
+        0.97,
+        0.85,
+        [],
+        "finished",
+        "FINISHED",
+        {"satsweep.collapsed": "true"},
+        {"collapsed": 1.0},
+    ),
     # PGD-CE alone failed in the box, the other attacks did not: the worst case stands
     "j": (0.95, 0.50, UNBOUNDED, "finished", "FINISHED", AUDITED, {"worst_case_acc/eps_1": 0.0}),
     # audited, but the worst case rises with eps: an attack broke at the larger budget
