@@ -23,7 +23,6 @@ from sweeps.preflight import (
     check_cluster_fits,
     check_shared_storage,
     storage_uri,
-    store_lock,
     sweep_lock,
 )
 from sweeps.progress import TrialLines
@@ -39,6 +38,7 @@ from tracking.runs import (
     trial_runs,
 )
 from tracking.select import DEFAULT_MIN_CLEAN_ACC, SelectionError, load_candidates, select_best
+from tracking.store import store_lock
 from tracking.sweep_run import (
     SweepNotFound,
     close_sweep_run,
@@ -183,8 +183,8 @@ def run_sweep(
                 "start it with `satsweep run SPEC` (or give the --storage-path it used)"
             )
         header(spec, tracking_uri)
-        client = MlflowClient(tracking_uri)
         with store_lock(tracking_uri):  # two new sweeps must not both create the schema
+            client = MlflowClient(tracking_uri)  # MLflow opens (and may create) the store here
             opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
         if opened is None:
             say(f"sweep {spec.name!r} already finished; nothing to resume")

@@ -7,11 +7,9 @@ on a cluster. The checks before Ray write nothing."""
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import os
 import socket
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -20,7 +18,7 @@ from pathlib import Path
 import ray
 
 from sweeps.spec import SweepSpec
-from tracking.store import StoreError, check_store
+from tracking.store import StoreError, check_store, store_lock
 from trainables.data import load_dataset
 from trainables.models import SaturatingNet
 
@@ -162,7 +160,8 @@ def check_tracking(tracking_uri: str) -> None:
     """The tracking store must be usable (`tracking.store.check_store`), and a new SQLite
     store creatable in a writable folder."""
     try:
-        check_store(tracking_uri, must_exist=False)
+        with store_lock(tracking_uri):  # a store being created now is not yet a whole one
+            check_store(tracking_uri, must_exist=False)
     except StoreError as err:
         raise PreflightError(str(err)) from None
     if tracking_uri.startswith("sqlite:///"):
@@ -273,24 +272,6 @@ def sweep_lock(storage_path: str, name: str):
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def store_lock(tracking_uri: str):
-    """Serialise the first touches of a SQLite store (MLflow creates its schema then), so two
-    sweeps started together on a new store do not race on it. Servers serialise themselves.
-    The lock file lives in the temp folder, so nothing appears beside the user's store."""
-    if not tracking_uri.startswith("sqlite:///"):
-        yield
-        return
-    digest = hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
-    lock = Path(tempfile.gettempdir()) / f"satsweep-store-{digest}.lock"
-    with open(lock, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

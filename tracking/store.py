@@ -4,10 +4,14 @@ left byte-for-byte as it was."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import sqlite3
+import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from tracking.runs import redact_uri
@@ -99,3 +103,22 @@ def check_store(uri: str, must_exist: bool) -> None:
         check_sqlite(uri, must_exist)
     elif uri.startswith(("http://", "https://")):
         check_server(uri)
+
+
+@contextmanager
+def store_lock(tracking_uri: str):
+    """Serialise every process's first touch of a SQLite store (MLflow creates or checks its
+    schema then: the sweep drivers and their Ray workers), so sweeps started together on a new
+    store do not race on it. Servers serialise themselves.
+    The lock file lives in the temp folder, so nothing appears beside the user's store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    digest = hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"satsweep-store-{digest}.lock"
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

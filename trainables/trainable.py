@@ -32,6 +32,7 @@ from tracking.runs import (
     open_trial_run,
     version_tags,
 )
+from tracking.store import store_lock
 from trainables.data import Dataset, load_dataset
 from trainables.evaluate import (
     audit_metrics,
@@ -177,7 +178,8 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
     x, y = data.x_test[on_device], data.y_test[on_device]
     audit_results = run_attacks(model, x, y, tuple(cfg.audit.attacks), eps_list, cfg)
 
-    client = MlflowClient(context.tracking_uri)
+    with store_lock(context.tracking_uri):  # MLflow opens (and checks) the store here
+        client = MlflowClient(context.tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(run_id, PER_EXAMPLE_ARTIFACT, folder)
         record = json.loads(Path(path).read_text())
@@ -203,8 +205,9 @@ def run_trial(config: dict, context: SweepContext) -> None:
     cfg = context.trial(config)
     # Ray logs a line per checkpoint; with one checkpoint per epoch that drowns the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    client = MlflowClient(context.tracking_uri)
     trial_id = tune.get_context().get_trial_id()
+    with store_lock(context.tracking_uri):  # MLflow opens (and checks) the store here
+        client = MlflowClient(context.tracking_uri)
     # Ray's experiment snapshot can lag behind a crash: a trial whose run already ended is done
     done = finished_run_metrics(client, context.experiment_id, context.parent_run_id, trial_id)
     if done is not None:  # Tune needs its metric in every report
