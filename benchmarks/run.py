@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import attacks, defence_loop, train_loop
+from benchmarks import attacks, big_store, defence_loop, sweeps, train_loop
 
 RESULTS = Path(__file__).with_name("results.json")
 
 
 def main() -> None:
     results = []
-    for module in (train_loop, defence_loop, attacks):
+    for module in (train_loop, defence_loop, attacks, big_store, sweeps):
         results.extend(module.run())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     width = max(len(r["name"]) for r in results)

@@ -11,15 +11,18 @@ from trainables.settings import GRID_AXES, run_name
 
 
 def grid_points(spec: SweepSpec) -> list[dict]:
-    """One dict of the grid axes per trial, in the order Tune runs them."""
+    """One dict of the grid axes per trial, in the order Tune runs them (it expands the axes
+    in the sorted order of their names, the last one slowest). Lambdas go in ascending, so
+    for each seed every lambda = 0 trial starts before the trials that reuse its weights as
+    their transfer source (`trainables/twins.py`)."""
     g = spec.grid
     return [
         {"arch": arch, "activation": act, "lam": lam, "defence": defence, "seed": seed}
         for seed in g.seeds
+        for lam in sorted(g.lambdas)
         for defence in spec.defences
-        for lam in g.lambdas
-        for act in g.activations
         for arch in spec.architectures
+        for act in g.activations
     ]
 
 
@@ -29,7 +32,7 @@ def param_space(spec: SweepSpec) -> dict:
     values = {
         "arch": list(spec.architectures),
         "activation": g.activations,
-        "lam": g.lambdas,
+        "lam": sorted(g.lambdas),
         "defence": list(spec.defences),
         "seed": g.seeds,
     }

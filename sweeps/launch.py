@@ -13,9 +13,10 @@ from pathlib import Path
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from sweeps.audit import rank_eps, run_audit
+from sweeps.audit import EarlyAudits, rank_eps, run_audit
 from sweeps.console import command, duration, quiet_libraries, say
 from sweeps.grid import grid_points, param_space, trial_name
 from sweeps.preflight import (
@@ -42,6 +43,7 @@ from tracking.store import store_lock
 from tracking.sweep_run import (
     SweepNotFound,
     close_sweep_run,
+    close_trial_run,
     interrupt_sweep_run,
     reconcile_trial_runs,
     reopen_sweep_run,
@@ -104,22 +106,34 @@ def report_sweep(spec: SweepSpec, tracking_uri: str) -> None:
         say(f"report failed ({err}); redo it with `{command()} report {spec.name}`")
 
 
-def slot_utilisation(
-    client: MlflowClient, experiment_id: str, parent: str, slots: int, audit_seconds: float
+def sweep_usage(
+    client: MlflowClient, experiment_id: str, parent: str, spec: SweepSpec, audit_seconds: float
 ) -> dict[str, float]:
-    """Busy seconds of the sweep's work (trial runs, audit tasks) over slots x wall time, the
-    wall time running from the parent run's start to now."""
+    """What the sweep cost: busy seconds of its work (trial runs, audit tasks) over slots x
+    wall time, the wall time running from the parent run's start to now; and the epochs
+    trained (each trial's own, retrained ones included, plus any lambda = 0 twin a trial had
+    to train) over the grid's own epochs (trials x epochs): 1.00 when no model is trained twice,
+    below 1 when ASHA stops trials early."""
+    slots = spec.resources.max_concurrent_trials
     wall = time.time() - client.get_run(parent).info.start_time / 1000
+    runs = trial_runs(client, experiment_id, parent)
     busy = audit_seconds + sum(
-        (r.info.end_time - r.info.start_time) / 1000
-        for r in trial_runs(client, experiment_id, parent)
-        if r.info.end_time
+        (r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time
     )
+    epochs_run = sum(
+        r.data.metrics.get(names.EPOCHS_RUN, 0.0)
+        + r.data.metrics.get(names.TWIN_EPOCHS_TRAINED, 0.0)
+        for r in runs
+    )
+    grid_epochs = spec.num_trials * spec.training.epochs
     return {
         "sweep/slot_utilisation": busy / (slots * wall) if wall > 0 else 0.0,
         "sweep/busy_seconds": busy,
         "sweep/wall_seconds": wall,
         "sweep/slots": float(slots),
+        "sweep/training_epochs_run": epochs_run,
+        "sweep/grid_epochs": float(grid_epochs),
+        "sweep/training_epochs_ratio": epochs_run / grid_epochs,
     }
 
 
@@ -129,7 +143,9 @@ def closing_lines(spec: SweepSpec, tracking_uri: str, usage: dict, failed: int) 
     say(
         f"done in {duration(usage['sweep/wall_seconds'])}: {finished} trials finished, "
         f"{failed} failed; slot utilisation {usage['sweep/slot_utilisation']:.2f} "
-        f"({usage['sweep/busy_seconds']:.0f} busy seconds on {int(usage['sweep/slots'])} slots)"
+        f"({usage['sweep/busy_seconds']:.0f} busy seconds on {int(usage['sweep/slots'])} slots); "
+        f"epochs trained {usage['sweep/training_epochs_run']:.0f} of the grid's "
+        f"{usage['sweep/grid_epochs']:.0f} ({usage['sweep/training_epochs_ratio']:.2f})"
     )
     eps = rank_eps(spec)
     try:
@@ -225,19 +241,27 @@ def execute(
     crash, no run is left RUNNING."""
     experiment_id, parent = context.experiment_id, context.parent_run_id
     ray_status: dict[str, str] = {}
+    early = EarlyAudits(spec, context, client)
     try:
-        results = fit(spec, context, storage_path, resume, verbose)
+        results = fit(
+            spec,
+            context,
+            storage_path,
+            resume,
+            verbose,
+            [CloseRuns(context, spec.training.epochs), early],
+        )
         for result in results:
             if names.TRIAL_ID in result.metrics:
                 trial_id = result.metrics[names.TRIAL_ID]
                 ray_status[trial_id] = "ERROR" if result.error else "TERMINATED"
         failed = len(results.errors)
-        audit_seconds = run_audit(spec, results, context, client) if spec.audit.enabled else 0.0
+        audit_seconds = (
+            run_audit(spec, results, context, client, early.pending) if spec.audit.enabled else 0.0
+        )
         reconcile_trial_runs(client, experiment_id, parent, ray_status)
         report_sweep(spec, context.tracking_uri)
-        usage = slot_utilisation(
-            client, experiment_id, parent, spec.resources.max_concurrent_trials, audit_seconds
-        )
+        usage = sweep_usage(client, experiment_id, parent, spec, audit_seconds)
         log_epoch(client, parent, usage, step=0)
         close_sweep_run(client, parent, failed)
         closing_lines(spec, context.tracking_uri, usage, failed)
@@ -251,23 +275,71 @@ def execute(
     return SweepOutcome(parent, experiment_id, len(results) - failed, failed)
 
 
-def fit(spec: SweepSpec, context: SweepContext, storage_path: str, resume: bool, verbose: bool):
+class CloseRuns(Callback):
+    """Ends a trial's MLflow run the moment Tune ends the trial, if the trial could not (ASHA
+    stopped it between reports, its worker died): no run waits for the sweep's end RUNNING,
+    and no trial waits on it for its transfer source. Holds only names, so it survives the
+    pickling Tune does for `--resume`."""
+
+    def __init__(self, context: SweepContext, epochs: int):
+        self.uri, self.experiment_id = context.tracking_uri, context.experiment_id
+        self.parent, self.epochs = context.parent_run_id, epochs
+
+    def _close(self, trial, ray_status: str) -> None:
+        completed = (trial.last_result or {}).get(names.EPOCH) == self.epochs
+        with store_lock(self.uri):
+            client = MlflowClient(self.uri)
+        close_trial_run(client, self.experiment_id, self.parent, trial.trial_id, ray_status,
+                        completed)  # fmt: skip
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, "TERMINATED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "ERROR")
+
+
+def fit(
+    spec: SweepSpec,
+    context: SweepContext,
+    storage_path: str,
+    resume: bool,
+    verbose: bool,
+    callbacks: list[Callback],
+):
     """Ray Tune over the grid: a new Tuner, or the sweep's restored one on resume."""
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-    if resume:  # the restored Tuner keeps its own run config: no per-trial lines
+    if resume:  # the restored Tuner keeps its own run config and callbacks: no per-trial lines
         path = experiment_path(spec, storage_path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
-    return new_tuner(spec, trainable, storage_path, verbose).fit()
+    return new_tuner(spec, trainable, storage_path, verbose, callbacks).fit()
 
 
 def _scheduler(spec: SweepSpec):
-    if spec.scheduler.name == "asha":
-        return ASHAScheduler(max_t=spec.training.epochs, grace_period=spec.scheduler.grace_period)
+    s = spec.scheduler
+    if s.name == "asha":
+        return ASHAScheduler(
+            max_t=spec.training.epochs,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
     return FIFOScheduler()
 
 
-def new_tuner(spec: SweepSpec, trainable, storage_path: str, verbose: bool = False) -> tune.Tuner:
+def tune_metric(spec: SweepSpec) -> str:
+    """What Tune ranks trials by (ASHA's rungs, the verbose table's best trial)."""
+    robust = spec.scheduler.metric == "robust_check" and spec.evaluation.check_size > 0
+    return names.ROBUST_CHECK if robust else names.CLEAN_ACC
+
+
+def new_tuner(
+    spec: SweepSpec,
+    trainable,
+    storage_path: str,
+    verbose: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> tune.Tuner:
     width = max(len(trial_name(point)) for point in grid_points(spec))
     lines = TrialLines(
         spec.num_trials, spec.resources.max_concurrent_trials, rank_eps(spec), trial_name, width
@@ -276,8 +348,9 @@ def new_tuner(spec: SweepSpec, trainable, storage_path: str, verbose: bool = Fal
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
-            metric=names.CLEAN_ACC,  # Tune prints the current best trial by it; ASHA ranks by it
+            metric=tune_metric(spec),
             mode="max",
+            reuse_actors=True,  # the next trial runs in a warm worker: no process start, imports
             scheduler=_scheduler(spec),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             trial_name_creator=lambda t: trial_name(t.config),
@@ -289,6 +362,6 @@ def new_tuner(spec: SweepSpec, trainable, storage_path: str, verbose: bool = Fal
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=1 if verbose else 0,
-            callbacks=[lines],
+            callbacks=[lines, *(callbacks or [])],
         ),
     )

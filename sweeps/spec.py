@@ -87,8 +87,15 @@ class ResourcesSpec(Section):
 
 
 class SchedulerSpec(Section):
+    """FIFO runs every trial to the end. ASHA stops the trials that rank in the bottom part of
+    their rung by `metric`: by default the per-epoch robust check (evaluation.check_size), since
+    ranking a robustness sweep by clean accuracy stops exactly the trials that trade clean
+    accuracy for robustness."""
+
     name: Literal["fifo", "asha"] = "fifo"
     grace_period: int = Field(2, ge=1, le=100_000, **fix("give trials at least one epoch"))
+    reduction_factor: int = Field(3, ge=2, le=100, **fix("use 3 (keep the top third per rung)"))
+    metric: Literal["robust_check", "clean_acc"] = "robust_check"
 
 
 class SweepSpec(SweepSettings):
@@ -127,6 +134,13 @@ class SweepSpec(SweepSettings):
             f"makes run names of {len(longest)} characters, more than a folder name can hold",
             f"use fewer or shorter layers (run names must stay within {MAX_RUN_NAME})",
         )
+        require(
+            not (self.scheduler.name == "asha" and self.scheduler.metric == "robust_check"
+                 and self.evaluation.check_size == 0),
+            "scheduler.metric",
+            "is robust_check, but evaluation.check_size is 0 (the check is off)",
+            "set evaluation.check_size (e.g. 100) or scheduler.metric: clean_acc",
+        )  # fmt: skip
         rank = self.audit.rank_eps
         require(
             rank is None or rank in self.evaluation.eps,

@@ -17,6 +17,10 @@ CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
 FLAGS_REPORT = "flags"  # in Tune's last report only (text): the raised masking flags
 TRAIN_SECONDS = "train_seconds"  # this epoch's training, wall clock
 SECONDS_PER_EPOCH = "train_seconds_per_epoch"  # mean over the epochs trained so far
+ROBUST_CHECK = "robust_check/eval_pgd_acc"  # per epoch: see evaluation.check_size
+EPOCHS_RUN = "training_epochs_run"  # epochs this trial trained, retrained ones after a restore too
+TWIN_EPOCHS_TRAINED = "twin_epochs_trained"  # epochs spent training the lambda = 0 twin (0: reused)
+TWIN_WAIT_SECONDS = "twin_wait_seconds"  # waiting for the twin's own trial to log its weights
 _MASKING = "masking/"
 _MASKING_TAG = "masking."
 _ROBUST = "robust_acc/"

@@ -12,6 +12,7 @@ from tracking.runs import (
     ROLE_TAG,
     TRIAL_ID_TAG,
     code_version,
+    find_trial_run,
     finish_run,
     log_params,
     search_all,
@@ -79,12 +80,35 @@ def reconcile_trial_runs(
         f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
-        trial_status = ray_status.get(run.data.tags.get(TRIAL_ID_TAG, ""), "ERROR")
-        if trial_status == "TERMINATED":
-            finish_run(client, run.info.run_id, "FINISHED", note="stopped_early")
-        else:
-            finish_run(client, run.info.run_id, "FAILED", note="failed")
+        _close_trial(client, run, ray_status.get(run.data.tags.get(TRIAL_ID_TAG, ""), "ERROR"))
     return len(runs)
+
+
+def close_trial_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    trial_id: str,
+    ray_status: str,
+    completed: bool = False,
+) -> None:
+    """Close one trial's run as soon as Ray Tune ends the trial, if the trial left it RUNNING
+    (a scheduler stopped it, or its worker died): trials waiting on it (its lambda > 0 twins,
+    `trainables/twins.py`) then stop waiting at once, not at the sweep's end. `completed`: Tune
+    had the trial's last epoch (ASHA stops every trial at its last rung, finished or not)."""
+    run_id = find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if run_id is not None:
+        run = client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            _close_trial(client, run, ray_status, completed)
+
+
+def _close_trial(client: MlflowClient, run: Run, ray_status: str, completed: bool = False) -> None:
+    if ray_status == "TERMINATED":
+        note = "finished" if completed else "stopped_early"
+        finish_run(client, run.info.run_id, "FINISHED", note=note)
+    else:
+        finish_run(client, run.info.run_id, "FAILED", note="failed")
 
 
 def close_sweep_run(client: MlflowClient, parent_run_id: str, failed: int | None) -> None:

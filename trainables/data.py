@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -68,7 +69,14 @@ def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 def load_dataset(name: str, data_dir: str | None, download: bool) -> Dataset:
-    """Load a dataset onto the CPU as float32 tensors in [0, 1] and int64 labels."""
+    """A dataset on the CPU as float32 tensors in [0, 1] and int64 labels, read from disk once
+    per worker process: Ray reuses a worker for the sweep's next trial or audit, and the
+    tensors are never written to (batches are indexed copies), so the next one shares them."""
+    return _load_once(name, str(data_dir) if data_dir is not None else None, download)
+
+
+@lru_cache(maxsize=2)
+def _load_once(name: str, data_dir: str | None, download: bool) -> Dataset:
     if name == "digits":
         return _load_digits()
     if name not in DATASETS:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks.gradient import pgd_ce, pgd_train
+from trainables.attacks.gradient import pgd, pgd_train
 from trainables.penalty import saturation_penalty
 from trainables.settings import DefenceSettings, TrialSettings
 
@@ -83,14 +83,25 @@ def training_terms(
 
 
 def pgd_check(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    seed: int,
+    losses: tuple[str, ...] = ("ce",),
 ) -> float:
-    """PGD-CE accuracy on a small fixed batch: the cheap per-epoch robustness signal whose
-    collapse marks catastrophic overfitting. Same PGD as the evaluation, step 2.5 eps / steps."""
+    """PGD accuracy on a small fixed batch, per example the worst over `losses`: the cheap
+    per-epoch robustness signal. With PGD-CE on training points its collapse marks catastrophic
+    overfitting; with PGD-CE and PGD-margin on evaluation points it is what ASHA ranks trials by.
+    Same PGD as the evaluation, step 2.5 eps / steps."""
     was_training = model.training
     model.eval()
-    x_adv = pgd_ce(model, x, y, eps, steps=steps, step_size=2.5 * eps / steps, seed=seed)
-    with torch.no_grad():
-        acc = (model(x_adv).argmax(1) == y).float().mean().item()
+    robust = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    for loss in losses:
+        x_adv = pgd(model, x, y, eps, loss=loss, steps=steps, step_size=2.5 * eps / steps,
+                    seed=seed)  # fmt: skip
+        with torch.no_grad():
+            robust &= model(x_adv).argmax(1) == y
     model.train(was_training)
-    return acc
+    return robust.float().mean().item()

@@ -19,7 +19,6 @@ from trainables.attacks import ATTACKS
 from trainables.data import Dataset, fixed_subset
 from trainables.masking import diagnose, zero_gradient_fraction
 from trainables.settings import SweepSettings, TrialSettings
-from trainables.train import TrainState, new_state, train
 
 BOUND_TOLERANCE = 1e-6  # float32 rounding when projecting onto the eps-ball
 
@@ -155,19 +154,6 @@ def collapse_check(
     e = settings.evaluation
     chance = e.collapse_chance_factor / logits.shape[1]
     return share, share >= e.collapse_share or accuracy <= chance
-
-
-def transfer_source(cfg: TrialSettings, data: Dataset, state: TrainState) -> nn.Module:
-    """The transfer attack's source: this trial's lambda = 0 twin. Training is seeded, so it is
-    the model the sweep's lambda = 0 trial of the same architecture/activation/seed trains,
-    without waiting for that trial (which may run concurrently or on another node)."""
-    if cfg.lam == 0:
-        return state.model
-    twin_cfg = cfg.model_copy(update={"lam": 0.0})
-    twin = new_state(twin_cfg, data, data.x_train.device)
-    for _ in train(twin_cfg, data, twin):
-        pass
-    return twin.model.eval()
 
 
 def quick_evaluation(cfg: TrialSettings, data: Dataset, model: nn.Module) -> dict:

@@ -36,8 +36,10 @@ NUMERICS = {
     "weight_kurtosis_kind": "excess (Fisher)",
     "train_acc_kind": "running accuracy over the epoch's batches",
     "robust_acc_counts": "points correct on the clean input and on the attack's output",
-    "transfer_surrogate": "the lambda = 0 twin: same architecture, activation, seed and recipe, "
-    "trained in-trial (the model itself when lambda = 0)",
+    "transfer_surrogate": "the lambda = 0 twin: same architecture, activation, defence, seed and "
+    "recipe, trained once per sweep (the model itself when lambda = 0)",
+    "robust_check": "per example the worse of PGD-CE and PGD-margin, float32, on a fixed prefix "
+    "of the evaluation subset",
 }
 GRID_AXES = ("arch", "activation", "lam", "defence", "seed")  # what varies between trials
 MAX_WIDTH = 1 << 16  # units or channels of one layer: far beyond what fits these datasets
@@ -268,6 +270,12 @@ class EvaluationSettings(Section):
     noise_draws: int = _steps(100)
     bpda_temperature: float = Field(4.0, gt=0, le=1e4, **fix("use 4.0"))
     every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 to turn off"))  # FGSM, PGD-CE
+    # the per-epoch robust check (what ASHA ranks by, `scheduler.metric: robust_check`): per
+    # example, the worse of PGD-CE and PGD-margin (check_steps steps) at check_eps on the first
+    # check_size evaluation points; the margin loss keeps softmax saturation from inflating it
+    check_size: int = Field(100, ge=0, le=100_000, **fix("use e.g. 100, or 0 to turn it off"))
+    check_steps: int = Field(10, ge=1, le=1000, **fix("use e.g. 10"))
+    check_eps: Eps = 0.1
     masking: MaskingSettings = MaskingSettings()
     # collapsed: the most predicted class covers >= collapse_share of the evaluation points,
     # or clean accuracy <= collapse_chance_factor / classes

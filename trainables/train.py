@@ -54,6 +54,8 @@ class TrainState:
     # wall-clock training time of the epochs this process ran (resets on resume)
     seconds_trained: float = 0.0
     epochs_trained: int = 0
+    # epochs trained before the checkpoint this state was restored from (by earlier attempts)
+    epochs_run_before: int = 0
 
 
 def pick_device() -> torch.device:
@@ -166,6 +168,7 @@ def train(cfg: TrialSettings, data: Dataset, state: TrainState) -> Iterator[dict
     """Train from `state.epoch + 1` to `cfg.training.epochs`, yielding each epoch's metrics; raises
     TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite."""
     check = _check_points(cfg, data)
+    robust_points = _robust_check_points(cfg, data)
     for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
         metrics = {"epoch": epoch}
         start = time.perf_counter()
@@ -174,10 +177,13 @@ def train(cfg: TrialSettings, data: Dataset, state: TrainState) -> Iterator[dict
         state.seconds_trained += metrics[names.TRAIN_SECONDS]
         state.epochs_trained += 1
         metrics[names.SECONDS_PER_EPOCH] = state.seconds_trained / state.epochs_trained
+        metrics[names.EPOCHS_RUN] = state.epochs_run_before + state.epochs_trained
         if not math.isfinite(metrics["loss"]):
             raise TrainingDiverged(epoch, metrics)
         if check is not None:
             metrics.update(_overfitting_check(cfg, state, check, epoch))
+        if robust_points is not None:
+            metrics[names.ROBUST_CHECK] = _robust_check(cfg, state, robust_points)
         state.epoch = epoch
         if epoch == cfg.training.epochs and state.best_weights is not None:
             if state.best_epoch != epoch:  # the remedy: end on the best epoch before a collapse
@@ -194,6 +200,21 @@ def _check_points(cfg: TrialSettings, data: Dataset):
         return None
     idx = fixed_subset(len(data.y_train), d.check_size, cfg.seed).to(data.y_train.device)
     return data.x_train[idx], data.y_train[idx]
+
+
+def _robust_check_points(cfg: TrialSettings, data: Dataset):
+    """The first `check_size` evaluation points (None when the check is off)."""
+    e = cfg.evaluation
+    if e.check_size == 0:
+        return None
+    idx = fixed_subset(len(data.y_test), min(e.check_size, e.size), e.seed)
+    idx = idx.to(data.y_test.device)
+    return data.x_test[idx], data.y_test[idx]
+
+
+def _robust_check(cfg: TrialSettings, state: TrainState, points) -> float:
+    e = cfg.evaluation
+    return pgd_check(state.model, *points, e.check_eps, e.check_steps, e.seed, ("ce", "margin"))
 
 
 def _overfitting_check(cfg: TrialSettings, state: TrainState, check, epoch: int) -> dict:
@@ -217,6 +238,7 @@ def save_checkpoint(path: Path, state: TrainState, extra: dict | None = None) ->
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "epoch": state.epoch,
+        "epochs_run": state.epochs_run_before + state.epochs_trained,
         "extra": extra or {},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -233,6 +255,8 @@ def load_checkpoint(path: Path, state: TrainState) -> dict:
         state.model.load_state_dict(payload["model"])
         state.optimizer.load_state_dict(payload["optimizer"])
         state.epoch = int(payload["epoch"])
+        state.epochs_run_before = int(payload.get("epochs_run", state.epoch))
+        state.epochs_trained = 0
     except Exception as err:  # truncated zip, wrong keys, wrong shapes: all mean "don't use it"
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
     return payload.get("extra", {})

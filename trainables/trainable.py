@@ -25,6 +25,7 @@ from tracking.runs import (
     AUDITED_TAG,
     COLLAPSED_TAG,
     OVERFITTING_TAG,
+    WEIGHTS_TAG,
     finish_run,
     finished_run_metrics,
     log_epoch,
@@ -42,7 +43,6 @@ from trainables.evaluate import (
     per_example_record,
     quick_evaluation,
     run_attacks,
-    transfer_source,
     worst_case,
 )
 from trainables.models import export_program
@@ -64,6 +64,7 @@ from trainables.train import (
     save_checkpoint,
     train,
 )
+from trainables.twins import SweepRuns, transfer_twin
 
 CHECKPOINT_FILE = "state.pt"
 PER_EXAMPLE_ARTIFACT = "robustness/per_example.json"
@@ -71,6 +72,9 @@ CURVES_ARTIFACT = "robustness/curves.png"
 AUDIT_SECONDS = "audit_task_seconds"  # returned to the driver, not logged
 # Tune's console table shows the first four metrics of a report: the headline ones go first.
 HEADLINE_METRICS = (names.EPOCH, names.CLEAN_ACC, "train_acc", "effective_lambda")
+# Tune refuses a report without the metric it ranks by: reports that have no measurement of
+# it (a finished trial's replay, a diverged trial) carry NaN
+UNMEASURED = {names.CLEAN_ACC: float("nan"), names.ROBUST_CHECK: float("nan")}
 
 
 @dataclass(frozen=True)
@@ -107,19 +111,26 @@ def _prepare_worker(context: SweepContext) -> torch.device:
 
 
 def final_evaluation(
-    cfg: TrialSettings, data: Dataset, state: TrainState, client: MlflowClient, run_id: str
+    cfg: TrialSettings, data: Dataset, state: TrainState, runs: SweepRuns, run_id: str
 ) -> tuple[dict, list[str]]:
-    """The cheap attack tier, masking flags, per-example results and the saturation figure,
-    logged to the trial's run; returns the metrics to report with the last epoch and the names
-    of the raised flags."""
-    e = cfg.evaluation
+    """The final model first (so trials waiting for this one as their transfer source can go
+    on), then the cheap attack tier, masking flags, per-example results and the saturation
+    figure, logged to the trial's run; returns the metrics to report with the last epoch and
+    the names of the raised flags."""
+    client, e = runs.client, cfg.evaluation
+    log_model(cfg, data, state, client, run_id)
+    client.set_tag(run_id, WEIGHTS_TAG, "true")
     idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
     x, y = data.x_test[idx], data.y_test[idx]
     start = time.perf_counter()
-    surrogate = transfer_source(cfg, data, state) if "transfer" in e.attacks else None
+    twin = transfer_twin(cfg, data, state, runs, run_id) if "transfer" in e.attacks else None
     surrogate_seconds = time.perf_counter() - start
-    metrics, diagnostics, results = evaluate_robustness(state.model, x, y, cfg, surrogate)
+    metrics, diagnostics, results = evaluate_robustness(
+        state.model, x, y, cfg, twin.model if twin else None
+    )
     metrics[names.attack_seconds("transfer_surrogate_training")] = surrogate_seconds
+    metrics[names.TWIN_EPOCHS_TRAINED] = float(twin.epochs_trained if twin else 0)
+    metrics[names.TWIN_WAIT_SECONDS] = twin.wait_seconds if twin else 0.0
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.set_tag(run_id, COLLAPSED_TAG, "true" if metrics[names.COLLAPSED] else "false")
     client.log_dict(run_id, per_example_record(idx, results), PER_EXAMPLE_ARTIFACT)
@@ -127,7 +138,6 @@ def final_evaluation(
     figure = preactivation_histograms(state.model, x, threshold, cfg.run_name)
     client.log_figure(run_id, figure, "saturation/preactivation_histograms.png")
     log_curves(client, run_id, results, cfg.run_name)
-    log_model(cfg, data, state, client, run_id)
     raised = [n for n, (_, flag) in diagnostics.items() if flag and n != names.MASKING_SUSPECTED]
     return metrics, raised
 
@@ -211,7 +221,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     # Ray's experiment snapshot can lag behind a crash: a trial whose run already ended is done
     done = finished_run_metrics(client, context.experiment_id, context.parent_run_id, trial_id)
     if done is not None:  # Tune needs its metric in every report
-        tune.report({names.CLEAN_ACC: float("nan")} | done)
+        tune.report(UNMEASURED | done)
         return
     device = _prepare_worker(context)
     data = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, cfg.dataset.download).to(device)
@@ -237,9 +247,10 @@ def run_trial(config: dict, context: SweepContext) -> None:
         tags,
     )
     try:
-        _train_and_report(cfg, data, state, client, run_id)
+        runs = SweepRuns(client, context.experiment_id, context.parent_run_id)
+        _train_and_report(cfg, data, state, runs, run_id)
     except TrainingDiverged as err:  # a result, not a crash: keep what was logged, go on
-        final = {
+        final = UNMEASURED | {
             names.EPOCH: err.epoch,
             names.CLEAN_ACC: evaluate(cfg, data, state.model)[names.CLEAN_ACC],
             "diverged_at_epoch": err.epoch,
@@ -249,6 +260,10 @@ def run_trial(config: dict, context: SweepContext) -> None:
         finish_run(client, run_id, "FINISHED", note="diverged")
         tune.report(final)
         return
+    except SystemExit:  # Tune stopped the trial at a report (ASHA, also at its last epoch)
+        done = state.epoch == cfg.training.epochs
+        finish_run(client, run_id, "FINISHED", note="finished" if done else "stopped_early")
+        raise
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
         raise
@@ -260,16 +275,16 @@ def run_trial(config: dict, context: SweepContext) -> None:
 
 
 def _train_and_report(
-    cfg: TrialSettings, data: Dataset, state: TrainState, client: MlflowClient, run_id: str
+    cfg: TrialSettings, data: Dataset, state: TrainState, runs: SweepRuns, run_id: str
 ) -> None:
     """Each epoch: metrics to MLflow, then to Tune with a checkpoint every `checkpoint_every`
     epochs and at the last one (after the final evaluation)."""
-    epochs, every = cfg.training.epochs, cfg.evaluation.every_epochs
+    client, epochs, every = runs.client, cfg.training.epochs, cfg.evaluation.every_epochs
     overfitted = False
     for metrics in train(cfg, data, state):
         flags = {}
         if state.epoch == epochs:
-            final, raised = final_evaluation(cfg, data, state, client, run_id)
+            final, raised = final_evaluation(cfg, data, state, runs, run_id)
             metrics |= final
             flags = {names.FLAGS_REPORT: ", ".join(raised)}  # for the console; not a metric
         elif every and state.epoch % every == 0:

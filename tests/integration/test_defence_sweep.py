@@ -1,13 +1,13 @@
 """A real sweep with the defence axis: `satsweep run` on a local Ray instance and a SQLite
 MLflow store; the defence is a param and part of the run name, the overfitting check and the
-training cost are logged, and the report compares the defences."""
+training cost are logged, and the report compares the defences. The grid holds every lambda = 0
+twin, so no model is trained twice."""
 
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.integration.test_sweep import run_spec
+from tests.integration.test_sweep import swept
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,7 @@ SPEC = {
     "grid": {
         "architectures": [{"kind": "mlp", "hidden": [32]}],
         "activations": ["relu"],
-        "lambdas": [0.0],
+        "lambdas": [0.0, 0.5],
         "defences": [{"kind": "none"}, {"kind": "fgsm_rs", "eps": 0.1, "keep_best": True}],
     },
     "training": {"epochs": 3, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
@@ -29,18 +29,25 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    work = tmp_path_factory.mktemp("defences")
-    run_spec(work, SPEC)
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("it-defences")
-    runs = client.search_runs([exp.experiment_id])
-    trials = {r.data.params["defence"]: r for r in runs if r.data.tags["satsweep.role"] == "trial"}
-    parent = next(r for r in runs if r.data.tags["satsweep.role"] == "sweep")
-    return client, trials, parent
+    client, trials, parent = swept(tmp_path_factory.mktemp("defences"), SPEC)
+    by_defence = {r.data.params["defence"]: r for r in trials if r.data.params["lam"] == "0.0"}
+    return client, by_defence, parent, trials
+
+
+def test_no_model_is_trained_twice_when_the_grid_holds_every_twin(sweep):
+    *_, parent, trials = sweep
+    assert len(trials) == 4
+    for run in trials:  # the lambda = 0.5 trials took their twin's logged weights
+        assert run.data.metrics["twin_epochs_trained"] == 0
+        assert run.data.metrics["training_epochs_run"] == 3
+    usage = parent.data.metrics
+    assert usage["sweep/training_epochs_run"] == usage["sweep/grid_epochs"] == 4 * 3
+    assert usage["sweep/training_epochs_ratio"] == 1.0
+    assert 0 < usage["sweep/slot_utilisation"] <= 1
 
 
 def test_each_defence_is_a_param_and_in_the_run_name(sweep):
-    _, trials, _ = sweep
+    _, trials, _, _ = sweep
     assert set(trials) == {"none", "fgsm_rs"}
     fgsm = trials["fgsm_rs"]
     assert fgsm.info.run_name == "mlp-32_relu_lam0_fgsm_rs-e0.1-a0.125-best_seed0"
@@ -53,7 +60,7 @@ def test_each_defence_is_a_param_and_in_the_run_name(sweep):
 
 
 def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
-    client, trials, _ = sweep
+    client, trials, _, _ = sweep
     run_id = trials["fgsm_rs"].info.run_id
     checks = client.get_metric_history(run_id, "robust_check/train_pgd_acc")
     assert sorted(m.step for m in checks) == [1, 2, 3]
@@ -64,7 +71,7 @@ def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
 
 
 def test_report_compares_the_defences(sweep):
-    client, _, parent = sweep
+    client, _, parent, _ = sweep
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/defence_comparison.png" in names
     path = client.download_artifacts(parent.info.run_id, "report/summary.md")

@@ -59,6 +59,15 @@ def run_spec(work, spec: dict) -> subprocess.CompletedProcess:
     return out
 
 
+def swept(work, spec: dict) -> tuple[MlflowClient, list, object]:
+    """Run `spec` in `work`; (client on its store, its trial runs, its sweep run)."""
+    run_spec(work, spec)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(spec["name"]).experiment_id])
+    trials = [r for r in runs if r.data.tags["satsweep.role"] == "trial"]
+    return client, trials, next(r for r in runs if r.data.tags["satsweep.role"] == "sweep")
+
+
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("sweep")
@@ -87,6 +96,18 @@ def test_store_holds_one_sweep_run_and_four_finished_linked_trials(finished_swee
     assert {t.info.run_name for t in trials} == {
         f"{a}_{act}_lam0.5_seed0" for a in ("mlp-32", "cnn-c4-16") for act in ("relu", "sigmoid")
     }
+
+
+def test_a_twin_the_grid_lacks_is_trained_once_by_the_trial_that_needs_it(finished_sweep):
+    """Every trial here has lambda = 0.5 and a twin of its own: each trains it once, logs it,
+    and the parent's epoch count says so (twice the grid's epochs)."""
+    _, client, _ = finished_sweep
+    sweeps, trials = runs_by_role(client)
+    twins = [t.data.tags["satsweep.twin_trained"] for t in trials]
+    assert sorted(twins) == sorted(t.info.run_name.replace("lam0.5", "lam0") for t in trials)
+    assert {t.data.metrics["twin_epochs_trained"] for t in trials} == {EPOCHS}
+    usage = sweeps[0].data.metrics
+    assert usage["sweep/training_epochs_run"] == 2 * usage["sweep/grid_epochs"] == 2 * 4 * EPOCHS
 
 
 def test_every_trial_logs_clean_acc_per_epoch(finished_sweep):

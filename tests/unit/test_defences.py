@@ -5,7 +5,7 @@ the catastrophic-overfitting check fires on a collapse and stays quiet on a heal
 import pytest
 import torch
 
-from trainables.attacks.gradient import pgd_ce
+from trainables.attacks.gradient import pgd, pgd_ce
 from trainables.defences import craft, pgd_check
 from trainables.evaluate import eval_indices
 from trainables.settings import DefenceSettings
@@ -91,3 +91,21 @@ def test_pgd_check_is_the_evaluation_pgd(plain_and_pgd, digits):
     x_adv = pgd_ce(model, x, y, EPS, steps=10, step_size=2.5 * EPS / 10, seed=0)
     expected = (model(x_adv).argmax(1) == y).float().mean().item()
     assert pgd_check(model, x, y, EPS, 10, seed=0) == expected
+
+
+def test_the_robust_check_is_pgd_ce_and_margin_per_example(plain_and_pgd, digits):
+    """With CE alone it is the overfitting check's PGD-CE; adding the margin loss can only
+    lower it, and it equals the per-example worst of the two attacks run on their own."""
+    _, robust, _, _ = plain_and_pgd
+    model = robust.model
+    idx = eval_indices(len(digits.y_test), 100, 0)
+    x, y = digits.x_test[idx], digits.y_test[idx]
+    ce_only = pgd_check(model, x, y, EPS, 10, 0)
+    both = pgd_check(model, x, y, EPS, 10, 0, ("ce", "margin"))
+    step = 2.5 * EPS / 10
+    survives = [
+        model(pgd(model, x, y, EPS, loss=loss, steps=10, step_size=step, seed=0)).argmax(1) == y
+        for loss in ("ce", "margin")
+    ]
+    assert ce_only == survives[0].float().mean().item()
+    assert both == (survives[0] & survives[1]).float().mean().item() <= ce_only

@@ -197,32 +197,12 @@ def test_cli_refuses_a_store_that_does_not_exist(tmp_path):
 def test_selection_pages_past_the_first_thousand_runs(tmp_path):
     """MLflow answers at most a page of runs per request; the best of 2,500 trials sits past
     the first 1,000 (runs come back newest first, so the oldest is on the last page)."""
-    from mlflow.entities import Metric, Param, RunTag
+    from benchmarks.big_store import SWEEP, build
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("big", artifact_location=(tmp_path / "art").as_uri())
-    parent = client.create_run(exp, tags={"satsweep.role": "sweep"}).info.run_id
-    best = None
-    for i in range(2500):
-        run = client.create_run(exp, run_name=f"t{i}")
-        tags = {"satsweep.role": "trial", "mlflow.parentRunId": parent,
-                "satsweep.status": "finished", "masking.masking_suspected": "false"}  # fmt: skip
-        worst = 0.9 if i == 0 else 0.1 + (i % 100) / 1000
-        client.log_batch(
-            run.info.run_id,
-            metrics=[
-                Metric("clean_acc", 0.95, 0, 1),
-                Metric("worst_case_acc/eps_0.1", worst, 0, 1),
-            ],
-            params=[Param("lam", "0")],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        client.set_terminated(run.info.run_id)
-        best = best or run.info.run_id
-    _, candidates = load_candidates(client, "big", 0.1)
+    uri, best = build(tmp_path, 2500)
+    _, candidates = load_candidates(MlflowClient(uri), SWEEP, 0.1)
     assert len(candidates) == 2500
-    assert best_run_id(uri, "big") == best
+    assert best_run_id(uri, SWEEP) == best
 
 
 def test_the_driver_audits_the_champion_until_the_audit_confirms_it():

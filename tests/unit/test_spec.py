@@ -82,6 +82,10 @@ MALFORMED = [
     ("resources.gpus_per_trial", 1.5, "resources.gpus_per_trial"),
     ("resources.max_concurrent_trials", 0, "resources.max_concurrent_trials"),
     ("scheduler.name", "pbt", "scheduler.name"),
+    ("scheduler.metric", "loss", "scheduler.metric"),
+    ("scheduler.reduction_factor", 1, "scheduler.reduction_factor"),
+    ("evaluation.check_size", -1, "evaluation.check_size"),
+    ("evaluation.check_eps", 0.0, "evaluation.check_eps"),
     ("storage_path", "", "storage_path"),
 ]
 
@@ -257,3 +261,28 @@ def test_defences_mnist_spec_answers_the_papers_question():
     spec, _ = load_spec(REPO / "sweeps" / "defences_mnist.yaml")
     assert {d.kind for d in spec.grid.defences} == {"none", "fgsm_rs", "pgd", "trades"}
     assert 0.0 in spec.grid.lambdas and {"relu", "sigmoid"} <= set(spec.grid.activations)
+
+
+def test_asha_on_the_robust_check_needs_the_check_on():
+    spec = with_change("scheduler", {"name": "asha", "metric": "robust_check"})
+    spec["evaluation"] = {"check_size": 0}
+    with pytest.raises(SpecError, match=r"scheduler.metric: .*check_size is 0.*Fix:"):
+        parse_spec(spec)
+    spec["scheduler"]["metric"] = "clean_acc"
+    assert parse_spec(spec).scheduler.metric == "clean_acc"
+
+
+def test_tune_runs_the_grid_in_the_order_grid_points_promises_zero_lambda_first():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from sweeps.grid import grid_points, param_space
+
+    spec = parse_spec(
+        with_change("grid", {**GOOD["grid"], "lambdas": [3.0, 0.0, 0.5], "activations":
+                             ["relu", "sigmoid"], "seeds": [0, 1]})
+    )  # fmt: skip
+    tune_order = [dict(variant) for _, variant in generate_variants(param_space(spec))]
+    assert tune_order == grid_points(spec)
+    for seed in (0, 1):  # a twin shares its trial's seed: all of a seed's twins come first
+        lams = [point["lam"] for point in tune_order if point["seed"] == seed]
+        assert lams == sorted(lams) and lams[:2] == [0.0, 0.0]

@@ -1,0 +1,65 @@
+"""`satsweep best` on a sweep of 2,500 trial runs, the best one past the first 1,000 (MLflow
+answers a page of at most 1,000 runs per request). Timed end to end, as a user types it, against
+the floor: paging the same trial runs out of the store with a bare MlflowClient in-process.
+`build` is also the store the selection test reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from benchmarks.common import result
+
+SWEEP = "big"
+
+
+def build(folder: Path, trials: int = 2500) -> tuple[str, str]:
+    """A sweep store of `trials` finished trial runs; (tracking URI, run id of the best). The
+    best is the oldest run, which MLflow returns last (newest first)."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(SWEEP, artifact_location=(folder / "art").as_uri())
+    parent = client.create_run(exp, tags={"satsweep.role": "sweep"}).info.run_id
+    best = None
+    for i in range(trials):
+        run = client.create_run(exp, run_name=f"t{i}")
+        tags = {"satsweep.role": "trial", "mlflow.parentRunId": parent,
+                "satsweep.status": "finished", "masking.masking_suspected": "false"}  # fmt: skip
+        worst = 0.9 if i == 0 else 0.1 + (i % 100) / 1000
+        client.log_batch(
+            run.info.run_id,
+            metrics=[
+                Metric("clean_acc", 0.95, 0, 1),
+                Metric("worst_case_acc/eps_0.1", worst, 0, 1),
+            ],
+            params=[Param("lam", "0")],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        client.set_terminated(run.info.run_id)
+        best = best or run.info.run_id
+    return uri, best
+
+
+def run() -> list[dict]:
+    from tracking.runs import trial_runs
+    from tracking.sweep_run import latest_sweep_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri, _ = build(Path(tmp))
+        start = time.perf_counter()
+        client = MlflowClient(uri)
+        experiment_id, parent = latest_sweep_run(client, SWEEP)
+        trial_runs(client, experiment_id, parent.info.run_id)
+        floor = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sweeps.cli", "best", SWEEP, "--tracking-uri", uri],
+                       check=True, capture_output=True, timeout=600)  # fmt: skip
+        best = time.perf_counter() - start
+    return [result("satsweep best on 2,500 trial runs vs paging them with a bare MlflowClient",
+                   best, "seconds (lower is better)", floor)]  # fmt: skip

@@ -1,0 +1,72 @@
+"""ASHA on the per-epoch robust check, through `satsweep run` on a real local Ray instance and a
+SQLite store: trials it stops end FINISHED and tagged `stopped_early` at once (not FAILED, not
+left RUNNING), the parent counts fewer epochs than the grid's, and a trial whose lambda = 0
+twin was stopped early still gets a fully trained transfer source, trained once."""
+
+import pytest
+
+from tests.integration.test_sweep import swept
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 6
+SPEC = {
+    "name": "it-asha",
+    "grid": {
+        "architectures": [{"kind": "mlp", "hidden": [16]}],
+        "activations": ["relu", "sigmoid"],
+        "lambdas": [0.0, 0.3, 1.0, 3.0],
+    },
+    "training": {"epochs": EPOCHS, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
+                 "penalty": {"schedule": "constant", "warmup_epochs": 0}},
+    "evaluation": {"size": 100, "eps": [0.1], "pgd_steps": 5, "apgd_iterations": 5,
+                   "noise_draws": 5, "check_size": 50, "check_steps": 5},
+    "audit": {"top_k": 1, "size": 100, "square_queries": 50},
+    "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    client, trials, parent = swept(tmp_path_factory.mktemp("asha"), SPEC)
+    return client, {r.info.run_name: r for r in trials}, parent
+
+
+def test_stopped_trials_end_finished_and_say_so(sweep):
+    client, trials, _ = sweep
+    assert len(trials) == 8 and {r.info.status for r in trials.values()} == {"FINISHED"}
+    stopped = [r for r in trials.values() if r.data.metrics["training_epochs_run"] < EPOCHS]
+    assert stopped, "ASHA stopped no trial: the test exercises nothing"
+    assert all(r.data.tags["satsweep.status"] == "stopped_early" for r in stopped)
+    ran = [r for r in trials.values() if r.data.metrics["training_epochs_run"] == EPOCHS]
+    assert all(r.data.tags["satsweep.status"] == "finished" for r in ran)
+    for run in trials.values():  # the metric ASHA ranks by, every epoch the trial ran
+        history = client.get_metric_history(run.info.run_id, "robust_check/eval_pgd_acc")
+        assert len(history) == len({m.step for m in history}) >= 1
+        assert all(0 <= m.value <= 1 for m in history)
+
+
+def test_the_parent_counts_the_epochs_asha_saved(sweep):
+    _, trials, parent = sweep
+    m = parent.data.metrics
+    own = sum(r.data.metrics["training_epochs_run"] for r in trials.values())
+    twins = sum(r.data.metrics.get("twin_epochs_trained", 0) for r in trials.values())
+    assert m["sweep/training_epochs_run"] == own + twins
+    assert m["sweep/grid_epochs"] == 8 * EPOCHS and own < m["sweep/grid_epochs"]
+
+
+def test_a_finished_trial_always_has_a_fully_trained_twin_trained_once(sweep):
+    _, trials, _ = sweep
+    trained_here = {}
+    for name, run in trials.items():
+        m = run.data.metrics
+        if name.endswith("_lam0_seed0") or m["training_epochs_run"] < EPOCHS:
+            continue  # its own twin, or stopped before its final evaluation
+        twin_name = name.split("_lam")[0] + "_lam0_seed0"
+        twin_finished = trials[twin_name].data.tags.get("satsweep.final_weights") == "true"
+        if twin_finished:
+            assert m["twin_epochs_trained"] == 0
+        elif m["twin_epochs_trained"]:
+            assert m["twin_epochs_trained"] == EPOCHS
+            trained_here.setdefault(twin_name, []).append(name)
+    assert all(len(v) == 1 for v in trained_here.values())  # no twin trained twice
