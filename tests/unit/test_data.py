@@ -43,3 +43,34 @@ def test_missing_torchvision_data_names_the_folder_and_the_fix(tmp_path):
 def test_torchvision_dataset_without_data_dir_is_refused():
     with pytest.raises(DatasetNotFoundError, match="data_dir"):
         load_dataset("fashion_mnist", None, download=False)
+
+
+@pytest.mark.skipif(not MNIST10K.exists(), reason=f"MNIST subset not at {MNIST10K}")
+def test_decoded_mnist_is_cached_once_per_node_and_redone_when_the_files_change(
+    tmp_path, monkeypatch
+):
+    """The cache returns exactly the decoded tensors; a changed source file gets a new cache
+    entry, and a damaged cache file is decoded around, never trusted."""
+    import shutil
+
+    from trainables.data import CACHE_ENV, _decode_torchvision, _load_torchvision, cache_file
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    root = tmp_path / "mnist"
+    shutil.copytree(MNIST10K, root)
+    decoded = _decode_torchvision("mnist", root, False)
+    first = _load_torchvision("mnist", root, False)  # decodes, writes the cache
+    path = cache_file("mnist", root)
+    assert path.exists()
+    again = _load_torchvision("mnist", root, False)  # maps the cache
+    for a, b, c in zip(decoded.__dict__.values(), first.__dict__.values(),
+                       again.__dict__.values(), strict=True):  # fmt: skip
+        assert a == b == c if isinstance(a, str) else torch.equal(a, b) and torch.equal(a, c)
+    touched = next(p for p in (root / "MNIST").rglob("*") if p.is_file())
+    touched.write_bytes(touched.read_bytes())  # same bytes, new modification time
+    assert cache_file("mnist", root) != path
+    new_path = cache_file("mnist", root)
+    _load_torchvision("mnist", root, False)
+    new_path.write_bytes(b"not a tensor file")
+    damaged = _load_torchvision("mnist", root, False)
+    assert torch.equal(damaged.x_test, decoded.x_test)
