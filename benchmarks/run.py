@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 from benchmarks import attacks, big_store, defence_loop, sweeps, train_loop
+from sweeps.console import quiet_libraries
 
 RESULTS = Path(__file__).with_name("results.json")
 
 
 def main() -> None:
+    quiet_libraries(verbose=False)  # MLflow's INFO lines as the benchmark stores are made
     results = []
     for module in (train_loop, defence_loop, attacks, big_store, sweeps):
         results.extend(module.run())

@@ -36,7 +36,6 @@ from trainables.data import DatasetNotFoundError
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
-CONFIRM_ABOVE = 1000  # trials: a bigger grid runs only after --yes or a typed "y"
 DRY_RUN_ROWS = 50  # trials listed by --dry-run without --all
 
 
@@ -68,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--yes",
         action="store_true",
-        help=f"run a grid of more than {CONFIRM_ABOVE} trials without asking",
+        help="run a grid of more than the spec's confirm_above trials (default 1000) without "
+        "asking",
     )
     run.add_argument(
         "--address",
@@ -238,10 +238,11 @@ def cmd_run(args) -> int:
     if args.dry_run:
         _print_trials(spec, args.all)
         return 0
-    if spec.num_trials > CONFIRM_ABOVE and not args.yes and not _confirmed(spec.num_trials):
+    limit = spec.confirm_above
+    if spec.num_trials > limit and not args.yes and not _confirmed(spec.num_trials):
         return _fail(
-            f"the grid has {spec.num_trials} trials (more than {CONFIRM_ABOVE}); check it with "
-            "--dry-run, then pass --yes to run it"
+            f"the grid has {spec.num_trials} trials (more than confirm_above, {limit}); check it "
+            "with --dry-run, then pass --yes to run it (or raise confirm_above in the spec)"
         )
     from sweeps.launch import SweepInterrupted, run_sweep
 

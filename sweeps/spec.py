@@ -106,6 +106,9 @@ class SweepSpec(SweepSettings):
     storage_path: str = Field("ray_results", min_length=1, **fix("give a folder or s3:// URI"))
     tracking_uri: str | None = None
     max_failures: int = Field(1, ge=0, le=1000, **fix("use 0 to never retry, or e.g. 2"))
+    # a grid of more trials runs only after `--yes` (or a typed "y"): a typo in an axis can
+    # multiply a sweep's cost a thousandfold
+    confirm_above: int = Field(1000, ge=1, le=10**9, **fix("use e.g. 1000"))
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SweepSpec:

@@ -307,6 +307,15 @@ def test_a_huge_grid_is_a_dry_run_in_seconds_and_needs_yes_to_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_the_confirmation_size_is_the_specs_to_set(tmp_path):
+    small = with_change("grid.lambdas", [0.0, 1.0, 2.0])
+    small["confirm_above"] = 2
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(small))
+    out = satsweep("run", "spec.yaml", cwd=tmp_path, stdin=subprocess.DEVNULL)
+    refused(out, "confirm_above, 2")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def with_change_in(spec: dict, path: str, value) -> dict:
     *parents, last = path.split(".")
     node = spec

@@ -69,6 +69,7 @@ MALFORMED = [
     ("training.penalty.warmup_epochs", -1, "training.penalty.warmup_epochs"),
     ("training.checkpoint_every", 0, "training.checkpoint_every"),
     ("max_failures", -1, "max_failures"),
+    ("confirm_above", 0, "confirm_above"),
     ("evaluation.eps", [0.1, 2.0], "evaluation.eps[1]"),
     ("evaluation.attacks", ["fgsm", "boundary"], "evaluation.attacks[1]"),
     ("evaluation.masking.gap_threshold", 3.0, "evaluation.masking.gap_threshold"),
