@@ -108,7 +108,7 @@ def _load_digits() -> Dataset:
 
 
 # Decoded datasets are kept once per node as a tensor file that every worker maps into memory
-# (`torch.load(mmap=True)`): decoding MNIST's files takes about 1.8 s per process, mapping the
+# (`torch.load(mmap=True)`): decoding the MNIST subset takes 1 to 2 s per process, mapping the
 # cached tensors a fraction of that. The file name carries a fingerprint of the source files
 # (path, size, modification time), so a changed or replaced dataset is decoded afresh.
 CACHE_ENV = "SATSWEEP_DATA_CACHE"
