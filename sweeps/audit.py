@@ -53,8 +53,8 @@ def audit_candidates(spec: SweepSpec, results) -> list:
                 and auditable(spec, r.metrics)]  # fmt: skip
     accurate = [r for r in finished if r.metrics.get(names.CLEAN_ACC, 0) >= DEFAULT_MIN_CLEAN_ACC]
     top = sorted(accurate, key=lambda r: r.metrics[key], reverse=True)[: spec.audit.top_k]
-    return list({r.metrics[names.TRIAL_ID]: r for r in top + [
-        r for r in finished if flagged(r.metrics)]}.values())  # fmt: skip
+    chosen = top + [r for r in finished if flagged(r.metrics)]
+    return list({r.metrics[names.TRIAL_ID]: r for r in chosen}.values())
 
 
 class EarlyAudits(Callback):
@@ -143,11 +143,10 @@ def _champion(spec: SweepSpec, finished: dict, audited: dict[str, dict]) -> str 
     """Trial id of the rule's champion on the metrics known now (audited ones merged in)."""
     eps = rank_eps(spec)
     params = flatten(spec.model_dump(mode="json"))  # the thresholds the trials were judged by
-    suspected = names.masking(names.MASKING_SUSPECTED)
     candidates = []
     for trial_id, result in finished.items():
         metrics = result.metrics | audited.get(trial_id, {})
-        flags = [names.MASKING_SUSPECTED] if metrics.get(suspected) == 1.0 else []
+        flags = [names.MASKING_SUSPECTED] if flagged(metrics) else []
         candidates.append(candidate_from_metrics(
             trial_id, metrics, params, eps, run_name=trial_id, status="finished", flags=flags,
             audited=trial_id in audited,
@@ -179,7 +178,6 @@ def _collect(
         busy += metrics.pop(AUDIT_SECONDS, 0.0)
         audited[trial_id] = metrics
         worst = metrics.get(names.worst_case_acc(eps))
-        suspected = bool(metrics[names.masking(names.MASKING_SUSPECTED)])
         worst_text = f"worst@{eps:g} {worst:.3f}" if worst is not None else "no worst case"
-        say(f"audited {name}: {worst_text}" + ("  masking suspected" if suspected else ""))
+        say(f"audited {name}: {worst_text}" + ("  masking suspected" if flagged(metrics) else ""))
     return busy

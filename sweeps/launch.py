@@ -214,6 +214,7 @@ def run_sweep(
             parent_run_id=opened[1],
             git_commit=code_version(),
             cpus_per_trial=spec.resources.cpus_per_trial,
+            robust_check=tune_metric(spec) == names.ROBUST_CHECK,
         )
         return execute(spec, context, client, storage_path, resume, verbose)
 
@@ -249,7 +250,7 @@ def execute(
             storage_path,
             resume,
             verbose,
-            [CloseRuns(context, spec.training.epochs), early],
+            [CloseRuns(context), early],
         )
         for result in results:
             if names.TRIAL_ID in result.metrics:
@@ -281,16 +282,14 @@ class CloseRuns(Callback):
     and no trial waits on it for its transfer source. Holds only names, so it survives the
     pickling Tune does for `--resume`."""
 
-    def __init__(self, context: SweepContext, epochs: int):
+    def __init__(self, context: SweepContext):
         self.uri, self.experiment_id = context.tracking_uri, context.experiment_id
-        self.parent, self.epochs = context.parent_run_id, epochs
+        self.parent = context.parent_run_id
 
     def _close(self, trial, ray_status: str) -> None:
-        completed = (trial.last_result or {}).get(names.EPOCH) == self.epochs
         with store_lock(self.uri):
             client = MlflowClient(self.uri)
-        close_trial_run(client, self.experiment_id, self.parent, trial.trial_id, ray_status,
-                        completed)  # fmt: skip
+        close_trial_run(client, self.experiment_id, self.parent, trial.trial_id, ray_status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, "TERMINATED")
@@ -328,8 +327,11 @@ def _scheduler(spec: SweepSpec):
 
 
 def tune_metric(spec: SweepSpec) -> str:
-    """What Tune ranks trials by (ASHA's rungs, the verbose table's best trial)."""
-    robust = spec.scheduler.metric == "robust_check" and spec.evaluation.check_size > 0
+    """What Tune ranks trials by (ASHA's rungs, the verbose table's best trial): the robust
+    check where ASHA ranks by it (the spec refuses that with the check off), else clean_acc,
+    which every trial measures anyway."""
+    s = spec.scheduler
+    robust = s.name == "asha" and s.metric == "robust_check"
     return names.ROBUST_CHECK if robust else names.CLEAN_ACC
 
 

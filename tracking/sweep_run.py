@@ -90,23 +90,21 @@ def close_trial_run(
     parent_run_id: str,
     trial_id: str,
     ray_status: str,
-    completed: bool = False,
 ) -> None:
     """Close one trial's run as soon as Ray Tune ends the trial, if the trial left it RUNNING
-    (a scheduler stopped it, or its worker died): trials waiting on it (its lambda > 0 twins,
-    `trainables/twins.py`) then stop waiting at once, not at the sweep's end. `completed`: Tune
-    had the trial's last epoch (ASHA stops every trial at its last rung, finished or not)."""
+    (a scheduler stopped it, or its worker died; a trial that ran to the end finished its run
+    itself): trials waiting on it (its lambda > 0 twins, `trainables/twins.py`) then stop
+    waiting at once, not at the sweep's end."""
     run_id = find_trial_run(client, experiment_id, parent_run_id, trial_id)
     if run_id is not None:
         run = client.get_run(run_id)
         if run.info.status == "RUNNING":
-            _close_trial(client, run, ray_status, completed)
+            _close_trial(client, run, ray_status)
 
 
-def _close_trial(client: MlflowClient, run: Run, ray_status: str, completed: bool = False) -> None:
+def _close_trial(client: MlflowClient, run: Run, ray_status: str) -> None:
     if ray_status == "TERMINATED":
-        note = "finished" if completed else "stopped_early"
-        finish_run(client, run.info.run_id, "FINISHED", note=note)
+        finish_run(client, run.info.run_id, "FINISHED", note="stopped_early")
     else:
         finish_run(client, run.info.run_id, "FAILED", note="failed")
 

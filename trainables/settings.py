@@ -270,7 +270,7 @@ class EvaluationSettings(Section):
     noise_draws: int = _steps(100)
     bpda_temperature: float = Field(4.0, gt=0, le=1e4, **fix("use 4.0"))
     every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 to turn off"))  # FGSM, PGD-CE
-    # the per-epoch robust check (what ASHA ranks by, `scheduler.metric: robust_check`): per
+    # the per-epoch robust check, measured where ASHA ranks by it (`scheduler.metric`): per
     # example, the worse of PGD-CE and PGD-margin (check_steps steps) at check_eps on the first
     # check_size evaluation points; the margin loss keeps softmax saturation from inflating it
     check_size: int = Field(100, ge=0, le=100_000, **fix("use e.g. 100, or 0 to turn it off"))

@@ -164,11 +164,15 @@ def evaluate(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> dict:
     return metrics
 
 
-def train(cfg: TrialSettings, data: Dataset, state: TrainState) -> Iterator[dict]:
+def train(
+    cfg: TrialSettings, data: Dataset, state: TrainState, robust_check: bool = False
+) -> Iterator[dict]:
     """Train from `state.epoch + 1` to `cfg.training.epochs`, yielding each epoch's metrics; raises
-    TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite."""
+    TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite.
+    `robust_check`: measure the per-epoch robust check too; only a trial that ASHA ranks by it
+    asks, because on small data it costs up to half an epoch."""
     check = _check_points(cfg, data)
-    robust_points = _robust_check_points(cfg, data)
+    robust_points = _robust_check_points(cfg, data) if robust_check else None
     for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
         metrics = {"epoch": epoch}
         start = time.perf_counter()

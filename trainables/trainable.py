@@ -91,6 +91,7 @@ class SweepContext:
     parent_run_id: str
     git_commit: str
     cpus_per_trial: float
+    robust_check: bool  # ASHA ranks by it: measure it every epoch
 
     def trial(self, config: dict) -> TrialSettings:
         return TrialSettings.at(
@@ -248,7 +249,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     )
     try:
         runs = SweepRuns(client, context.experiment_id, context.parent_run_id)
-        _train_and_report(cfg, data, state, runs, run_id)
+        _train_and_report(cfg, data, state, runs, run_id, context.robust_check)
     except TrainingDiverged as err:  # a result, not a crash: keep what was logged, go on
         final = UNMEASURED | {
             names.EPOCH: err.epoch,
@@ -260,10 +261,8 @@ def run_trial(config: dict, context: SweepContext) -> None:
         finish_run(client, run_id, "FINISHED", note="diverged")
         tune.report(final)
         return
-    except SystemExit:  # Tune stopped the trial at a report (ASHA, also at its last epoch)
-        done = state.epoch == cfg.training.epochs
-        finish_run(client, run_id, "FINISHED", note="finished" if done else "stopped_early")
-        raise
+    except SystemExit:  # Tune stopped the trial at a report: the driver's `CloseRuns` ends the
+        raise  # run as Tune decided, unless the trial had already finished it
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
         raise
@@ -271,17 +270,23 @@ def run_trial(config: dict, context: SweepContext) -> None:
         if device.type == "cuda":
             del data, state
             release_cuda()
-    finish_run(client, run_id, "FINISHED", note="finished")
 
 
 def _train_and_report(
-    cfg: TrialSettings, data: Dataset, state: TrainState, runs: SweepRuns, run_id: str
+    cfg: TrialSettings,
+    data: Dataset,
+    state: TrainState,
+    runs: SweepRuns,
+    run_id: str,
+    robust_check: bool,
 ) -> None:
     """Each epoch: metrics to MLflow, then to Tune with a checkpoint every `checkpoint_every`
-    epochs and at the last one (after the final evaluation)."""
+    epochs and at the last one (after the final evaluation). The run is finished before the
+    last report: its record is complete, and Tune may stop the trial at that report (ASHA
+    does at its last rung), so no code after it is sure to run."""
     client, epochs, every = runs.client, cfg.training.epochs, cfg.evaluation.every_epochs
     overfitted = False
-    for metrics in train(cfg, data, state):
+    for metrics in train(cfg, data, state, robust_check):
         flags = {}
         if state.epoch == epochs:
             final, raised = final_evaluation(cfg, data, state, runs, run_id)
@@ -294,7 +299,9 @@ def _train_and_report(
             overfitted = True  # tag the first epoch of the collapse
             client.set_tag(run_id, OVERFITTING_TAG, f"epoch {state.epoch}")
         headline = {k: metrics[k] for k in HEADLINE_METRICS}
-        if state.epoch % cfg.training.checkpoint_every and state.epoch != epochs:
+        if state.epoch == epochs:
+            finish_run(client, run_id, "FINISHED", note="finished")
+        elif state.epoch % cfg.training.checkpoint_every:
             tune.report(headline | metrics)
             continue
         with tempfile.TemporaryDirectory() as folder:

@@ -81,9 +81,9 @@ def transfer_twin(
     runs.client.set_tag(run_id, TWIN_CLAIM_TAG, name)
     try:
         model = train_twin(twin_cfg, data)
-    except TrainingDiverged:
+    except TrainingDiverged as err:  # the epochs it ran were still spent
         runs.client.delete_tag(run_id, TWIN_CLAIM_TAG)
-        return Twin(None, cfg.training.epochs, waited)
+        return Twin(None, err.epoch, waited)
     log_twin(runs.client, run_id, model, name)
     return Twin(model, cfg.training.epochs, waited)
 

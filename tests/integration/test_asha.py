@@ -1,7 +1,9 @@
 """ASHA on the per-epoch robust check, through `satsweep run` on a real local Ray instance and a
 SQLite store: trials it stops end FINISHED and tagged `stopped_early` at once (not FAILED, not
-left RUNNING), the parent counts fewer epochs than the grid's, and a trial whose lambda = 0
-twin was stopped early still gets a fully trained transfer source, trained once."""
+left RUNNING), trials that ran every epoch are `finished`, and the parent counts fewer epochs
+than the grid's. (A lambda > 0 trial whose twin ASHA stopped is tested on a real store in
+`tests/unit/test_twins.py`: which trials ASHA lets finish depends on timing, so no sweep here
+can promise that case.)"""
 
 import pytest
 
@@ -53,20 +55,3 @@ def test_the_parent_counts_the_epochs_asha_saved(sweep):
     twins = sum(r.data.metrics.get("twin_epochs_trained", 0) for r in trials.values())
     assert m["sweep/training_epochs_run"] == own + twins
     assert m["sweep/grid_epochs"] == 8 * EPOCHS and own < m["sweep/grid_epochs"]
-
-
-def test_a_finished_trial_always_has_a_fully_trained_twin_trained_once(sweep):
-    _, trials, _ = sweep
-    trained_here = {}
-    for name, run in trials.items():
-        m = run.data.metrics
-        if name.endswith("_lam0_seed0") or m["training_epochs_run"] < EPOCHS:
-            continue  # its own twin, or stopped before its final evaluation
-        twin_name = name.split("_lam")[0] + "_lam0_seed0"
-        twin_finished = trials[twin_name].data.tags.get("satsweep.final_weights") == "true"
-        if twin_finished:
-            assert m["twin_epochs_trained"] == 0
-        elif m["twin_epochs_trained"]:
-            assert m["twin_epochs_trained"] == EPOCHS
-            trained_here.setdefault(twin_name, []).append(name)
-    assert all(len(v) == 1 for v in trained_here.values())  # no twin trained twice
