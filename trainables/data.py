@@ -164,11 +164,13 @@ def _to_cache(data: Dataset, path: Path | None) -> None:
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> Dataset:
-    cached = _from_cache(name, cache_file(name, root))
+    path = cache_file(name, root)
+    cached = _from_cache(name, path)
     if cached is not None:
         return cached
     data = _decode_torchvision(name, root, download)
-    _to_cache(data, cache_file(name, root))
+    # the fingerprint walks and stats the source files: redo it only if a download made them
+    _to_cache(data, path or cache_file(name, root))
     return data
 
 
