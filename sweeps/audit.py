@@ -12,6 +12,7 @@ from ray.tune import Callback
 
 from sweeps.console import say
 from sweeps.grid import trial_name
+from sweeps.preflight import trial_memory_bytes
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.runs import AUDITED_TAG, find_trial_run
@@ -90,8 +91,9 @@ def submit_audits(
 ) -> dict:
     """One Ray audit task per (config, checkpoint path, Ray trial id), with a trial's
     resources; returns {ref: (name, run id, Ray trial id)}."""
+    r = spec.resources
     task = ray.remote(audit_trial).options(
-        num_cpus=spec.resources.cpus_per_trial, num_gpus=spec.resources.gpus_per_trial
+        num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial, memory=trial_memory_bytes(spec)
     )
     pending = {}
     for config, checkpoint_path, trial_id in trials:

@@ -22,15 +22,49 @@ def quiet_libraries(verbose: bool) -> None:
     # Ray's new output engine prints its experiment box and paths even when silent; the
     # legacy one honours verbose=0
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic", "filelock"):
+    # Tune logs every failed attempt with its traceback; our own line names the trial and why
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    for name in ("ray", "ray.train", "mlflow", "alembic", "filelock"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune's "Trials did not complete" repeats what the closing lines say; its real errors raise
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     import warnings
 
     warnings.filterwarnings("ignore")
+    _leave_worker_deaths_to_us()
+
+
+RAYLET_DEATH_NOTICES = ("A worker died or was killed", "killed due to the node running low")
+
+
+def _leave_worker_deaths_to_us() -> None:
+    """The raylet tells the driver about every dead worker in a paragraph of its own, printed by
+    Ray's error listener, which no setting turns off; the trial's line says the same in words
+    (`sweeps.worker_deaths`), so those notices are dropped. Other raylet errors still print."""
+    import ray._private.worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "satsweep_quiet", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):
+        lines = data.get("lines", [])
+        if data.get("pid") == "raylet" and any(n in line for line in lines
+                                               for n in RAYLET_DEATH_NOTICES):  # fmt: skip
+            return
+        printer(data, ignore_prefix)
+
+    print_to_stdstream.satsweep_quiet = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def say(message: str) -> None:
     print(f"satsweep: {message}", flush=True)
+
+
+def warn(message: str) -> None:
+    """Something the user may want to change, though the sweep can run as it is."""
+    print(f"satsweep: warning: {message}", file=sys.stderr, flush=True)
 
 
 def duration(seconds: float) -> str:

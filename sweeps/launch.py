@@ -25,9 +25,11 @@ from sweeps.preflight import (
     check_shared_storage,
     storage_uri,
     sweep_lock,
+    trial_memory_bytes,
 )
 from sweeps.progress import TrialLines
 from sweeps.spec import SweepSpec
+from sweeps.worker_deaths import survive_killed_workers
 from tracking import metric_names as names
 from tracking.report import write_report
 from tracking.runs import (
@@ -186,6 +188,7 @@ def run_sweep(
     Every MLflow run this creates ends FINISHED, FAILED or (interrupted) KILLED. Returns None
     when asked to resume a finished sweep; raises SweepInterrupted on Ctrl-C or SIGTERM."""
     quiet_libraries(verbose)
+    survive_killed_workers()  # a worker killed for memory fails its trial, not the sweep
     # Tune's own Ctrl-C handler ends fit() as if the sweep had finished: take the signal here
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     with sweep_lock(storage_path, spec.name):
@@ -307,7 +310,12 @@ def fit(
     callbacks: list[Callback],
 ):
     """Ray Tune over the grid: a new Tuner, or the sweep's restored one on resume."""
-    resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    r = spec.resources  # the memory reservation: Ray packs no more trials on a node than fit
+    resources = {
+        "cpu": r.cpus_per_trial,
+        "gpu": r.gpus_per_trial,
+        "memory": trial_memory_bytes(spec),
+    }
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
     if resume:  # the restored Tuner keeps its own run config and callbacks: no per-trial lines
         path = experiment_path(spec, storage_path)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import ray
 
+from sweeps.console import warn
 from sweeps.spec import SweepSpec
 from tracking.store import StoreError, check_store, store_lock
 from trainables.data import load_dataset
 from trainables.models import SaturatingNet
+from trainables.worker_memory import GIB, trial_budget_bytes
 
 
 class PreflightError(RuntimeError):
@@ -96,17 +98,57 @@ def check_resources(spec: SweepSpec, address: str | None) -> None:
             )
 
 
-def check_cluster_fits(spec: SweepSpec) -> None:
-    """After connecting: the largest node must hold one trial, or Ray waits forever."""
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+def trial_memory_bytes(spec: SweepSpec) -> int:
+    """What each trial and audit reserves on its node: resources.memory_per_trial_gb, else the
+    estimate from the dataset and evaluation.attack_batch_size (`worker_memory`)."""
+    if spec.resources.memory_per_trial_gb is not None:
+        return int(spec.resources.memory_per_trial_gb * GIB)
+    d = spec.dataset
+    data = load_dataset(d.name, d.data_dir, d.download)  # read once per process: cached
+    points = len(data.y_train) + len(data.y_test)
+    return trial_budget_bytes(data.input_shape, points, spec.evaluation.attack_batch_size)
+
+
+def trials_a_node_holds(node: dict, spec: SweepSpec, memory: int) -> tuple[int, int]:
+    """(trials that fit on the node by its CPUs and GPUs, and by Ray's memory resource)."""
     r = spec.resources
-    if not any(
-        n.get("CPU", 0) >= r.cpus_per_trial and n.get("GPU", 0) >= r.gpus_per_trial for n in nodes
-    ):
+    by_cores = int(node.get("CPU", 0) // r.cpus_per_trial)
+    if r.gpus_per_trial > 0:
+        by_cores = min(by_cores, int(node.get("GPU", 0) // r.gpus_per_trial))
+    return by_cores, int(node.get("memory", 0) // memory)
+
+
+def check_cluster_fits(spec: SweepSpec) -> None:
+    """After connecting: some node must hold one trial (its CPUs, GPUs and memory), or Ray
+    waits forever; where memory, not cores, limits how many trials run at once, say so."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    r = spec.resources
+    memory = trial_memory_bytes(spec)
+    fits = [(n["NodeManagerAddress"], n["Resources"], *trials_a_node_holds(n["Resources"], spec,
+             memory)) for n in nodes]  # fmt: skip
+    if not any(cores >= 1 for _, _, cores, _ in fits):
         raise PreflightError(
             f"no node of the Ray cluster has {r.cpus_per_trial:g} CPUs and "
             f"{r.gpus_per_trial:g} GPUs for one trial; lower resources.cpus_per_trial or "
             "resources.gpus_per_trial, or add such a node"
+        )
+    if not any(min(cores, mem) >= 1 for _, _, cores, mem in fits):
+        largest = max(res.get("memory", 0) for _, res, _, _ in fits)
+        raise PreflightError(
+            f"no node of the Ray cluster can give a trial the {memory / GIB:.1f} GB it reserves "
+            f"(the most any node offers Ray is {largest / GIB:.1f} GB); lower "
+            "evaluation.attack_batch_size, or set resources.memory_per_trial_gb to what a trial "
+            "needs (make bench measures it), or add nodes with more memory"
+        )
+    at_once = sum(min(cores, mem) for _, _, cores, mem in fits)
+    if at_once < r.max_concurrent_trials and at_once < sum(c for _, _, c, _ in fits):
+        limited = [f"{ip}: {mem} of {cores}" for ip, _, cores, mem in fits if mem < cores]
+        warn(
+            f"memory holds {at_once} trials at once, fewer than max_concurrent_trials "
+            f"({r.max_concurrent_trials}): each reserves {memory / GIB:.1f} GB "
+            f"(trials by memory of those by cores, per node: {'; '.join(limited)}); the rest "
+            "wait. Lower evaluation.attack_batch_size or set resources.memory_per_trial_gb if "
+            "the estimate is too high for your trials"
         )
 
 

@@ -7,6 +7,7 @@ import time
 from ray.tune import Callback
 
 from sweeps.console import duration, summary
+from sweeps.worker_deaths import last_failure, why_it_failed
 
 
 class TrialLines(Callback):
@@ -39,7 +40,14 @@ class TrialLines(Callback):
         name = self.name_of(trial.config)
         print(f"{self._progress(trial)}  {name:<{self.width}}  {line}", flush=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed attempt that Tune retries from the last checkpoint: not progress."""
+        why, _ = why_it_failed(last_failure(trial.error_file))
+        print(f"retrying {self.name_of(trial.config)} from its last checkpoint (failure "
+              f"{trial.num_failures}): {why}", flush=True)  # fmt: skip
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        where = getattr(trial, "error_file", None) or "its trial folder"
-        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  FAILED (see {where})",
-              flush=True)  # fmt: skip
+        why, fix = why_it_failed(last_failure(trial.error_file))
+        details = f"details: {trial.error_file or 'its trial folder'}"
+        print(f"{self._progress(trial)}  {self.name_of(trial.config)}  FAILED: {why}"
+              + (f". Fix: {fix}" if fix else "") + f" ({details})", flush=True)  # fmt: skip

@@ -21,6 +21,11 @@ ROBUST_CHECK = "robust_check/eval_pgd_acc"  # per epoch: see evaluation.check_si
 EPOCHS_RUN = "training_epochs_run"  # epochs this trial trained, retrained ones after a restore too
 TWIN_EPOCHS_TRAINED = "twin_epochs_trained"  # epochs spent training the lambda = 0 twin (0: reused)
 TWIN_WAIT_SECONDS = "twin_wait_seconds"  # waiting for the twin's own trial to log its weights
+# the trial's worker process (trainables/worker_memory.py), logged when the trial ends
+WORKER_TRIALS_RUN = "worker/trials_run"  # trials this process has run, this one included
+WORKER_PEAK_MB = "worker/peak_resident_mb"  # resident peak during this trial
+WORKER_RESIDENT_MB = "worker/resident_mb"  # at the trial's end, after freed memory went back
+WORKER_PRIVATE_MB = "worker/private_mb"  # anonymous (heap, tensors) at the trial's end
 _MASKING = "masking/"
 _MASKING_TAG = "masking."
 _ROBUST = "robust_acc/"

@@ -269,6 +269,10 @@ class EvaluationSettings(Section):
     apgd_iterations: int = _steps(100)
     noise_draws: int = _steps(100)
     bpda_temperature: float = Field(4.0, gt=0, le=1e4, **fix("use 4.0"))
+    # points attacked at once; each batch is attacked with the same seed, as AutoAttack batches
+    # (so an evaluation set no larger than this gives the same numbers as one batch). The
+    # attacks' heap grows with it: up to ~1,000 x one batch of inputs (trainables/worker_memory.py)
+    attack_batch_size: int = Field(500, ge=1, le=1 << 20, **fix("use e.g. 500"))
     every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 to turn off"))  # FGSM, PGD-CE
     # the per-epoch robust check, measured where ASHA ranks by it (`scheduler.metric`): per
     # example, the worse of PGD-CE and PGD-margin (check_steps steps) at check_eps on the first

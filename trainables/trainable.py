@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from trainables.train import (
     train,
 )
 from trainables.twins import SweepRuns, transfer_twin
+from trainables.worker_memory import MIB, begin_trial, read_memory, release_freed_memory
 
 CHECKPOINT_FILE = "state.pt"
 PER_EXAMPLE_ARTIFACT = "robustness/per_example.json"
@@ -177,6 +179,16 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
     joined per example with the trial's stored cheap-tier results (`evaluate.merge_audit`),
     logged into the trial's own run."""
     start = time.perf_counter()
+    begin_trial()
+    try:
+        return _audit_in_run(config, context, checkpoint_dir, run_id) | {
+            AUDIT_SECONDS: time.perf_counter() - start
+        }
+    finally:  # Ray reuses this worker for the next audit
+        release_freed_memory()
+
+
+def _audit_in_run(config: dict, context: SweepContext, checkpoint_dir: str, run_id: str) -> dict:
     cfg = context.trial(config)
     device = _prepare_worker(context)
     data = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, cfg.dataset.download).to(device)
@@ -209,10 +221,12 @@ def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id
     log_curves(client, run_id, merged, f"{cfg.run_name} (audited)")
     audit_info = {"audit_indices": audit_idx.tolist(), **cfg.audit.model_dump(mode="json")}
     client.log_dict(run_id, audit_info, "robustness/audit.json")
-    return metrics | {AUDIT_SECONDS: time.perf_counter() - start}
+    return metrics
 
 
 def run_trial(config: dict, context: SweepContext) -> None:
+    """One trial in its MLflow run; the worker gives back what the trial freed when it ends,
+    because Tune runs the next trial in this same process."""
     cfg = context.trial(config)
     # Ray logs a line per checkpoint; with one checkpoint per epoch that drowns the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -224,18 +238,13 @@ def run_trial(config: dict, context: SweepContext) -> None:
     if done is not None:  # Tune needs its metric in every report
         tune.report(UNMEASURED | done)
         return
+    trials_run = begin_trial()
     device = _prepare_worker(context)
-    data = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, cfg.dataset.download).to(device)
-    state = new_state(cfg, data, device)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
-
     tags = {
         "satsweep.git_commit": context.git_commit,
         "satsweep.device": str(device),
         "satsweep.ray_node_id": ray.get_runtime_context().get_node_id(),
+        "satsweep.worker_pid": str(os.getpid()),
         **version_tags(),
     }
     run_id = open_trial_run(
@@ -247,6 +256,23 @@ def run_trial(config: dict, context: SweepContext) -> None:
         cfg.params(),
         tags,
     )
+    try:
+        _train_in_run(cfg, context, client, run_id, device)
+    finally:  # the trial's tensors went with `_train_in_run`'s frame (or wait in a traceback)
+        end_of_trial(client, run_id, trials_run, device)
+
+
+def _train_in_run(
+    cfg: TrialSettings, context: SweepContext, client: MlflowClient, run_id: str, device
+) -> None:
+    """Data, model and checkpoint, then training and evaluation; the run ends FINISHED
+    (divergence is a result), FAILED on an error, or as Tune decides when it stops the trial."""
+    data = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, cfg.dataset.download).to(device)
+    state = new_state(cfg, data, device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
     try:
         runs = SweepRuns(client, context.experiment_id, context.parent_run_id)
         _train_and_report(cfg, data, state, runs, run_id, context.robust_check)
@@ -260,16 +286,32 @@ def run_trial(config: dict, context: SweepContext) -> None:
         log_epoch(client, run_id, final, step=err.epoch)
         finish_run(client, run_id, "FINISHED", note="diverged")
         tune.report(final)
-        return
     except SystemExit:  # Tune stopped the trial at a report: the driver's `CloseRuns` ends the
         raise  # run as Tune decided, unless the trial had already finished it
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
         raise
-    finally:
-        if device.type == "cuda":
-            del data, state
-            release_cuda()
+
+
+def end_of_trial(client: MlflowClient, run_id: str, trials_run: int, device) -> None:
+    """Give back what the trial freed (CUDA blocks, glibc's heap pages), then log the worker's
+    memory: its peak during the trial and what it carries into the next one."""
+    if device.type == "cuda":
+        release_cuda()
+    release_freed_memory()
+    reading = read_memory()
+    if reading is None:
+        return
+    metrics = {
+        names.WORKER_TRIALS_RUN: trials_run,
+        names.WORKER_PEAK_MB: reading.peak / MIB,
+        names.WORKER_RESIDENT_MB: reading.resident / MIB,
+        names.WORKER_PRIVATE_MB: reading.private / MIB,
+    }
+    try:
+        log_epoch(client, run_id, metrics, step=0)
+    except Exception:  # a diagnostic: it must not hide the trial's own outcome
+        logging.getLogger(__name__).warning("could not log the worker's memory", exc_info=True)
 
 
 def _train_and_report(

@@ -68,18 +68,24 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_resumes(tmp_path, how):
 
 
 def test_a_second_launch_of_a_running_sweep_is_refused(tmp_path):
-    client = write_spec(tmp_path, slow_spec("twice"))
+    """The first launch cannot finish on its own (it is killed at the end), so the second one
+    meets it running however slowly the machine starts the second interpreter."""
+    endless = slow_spec("twice")
+    endless["training"] = {"epochs": 100_000, "batch_size": 16}
+    client = write_spec(tmp_path, endless)
     first = start(tmp_path)
     try:
         wait_for(lambda: trial_runs(client, "twice"), 300, "the first launch's trials")
         second = subprocess.run(
             [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--storage-path", "results"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
+        first_still_running = first.poll() is None
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate()
-    assert second.returncode == 2 and "already running" in second.stderr
+    assert first_still_running, "the first launch ended: the test proves nothing"
+    assert second.returncode == 2 and "already running" in second.stderr, second.stderr
     assert (
         len([r for r in all_runs(client, "twice") if r.data.tags["satsweep.role"] == "sweep"]) == 1
     )

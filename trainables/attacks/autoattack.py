@@ -115,13 +115,21 @@ def _square_options(settings, eps: float) -> dict:
     return {"queries": settings.audit.square_queries, "seed": settings.evaluation.seed}
 
 
-def _seed_only(settings, eps: float) -> dict:
-    return {"seed": settings.evaluation.seed}
+def _autoattack_options(settings, eps: float) -> dict:
+    e = settings.evaluation
+    return {"seed": e.seed, "batch_size": e.attack_batch_size}
 
 
 ENTRIES = (
     Attack("apgd_ce", apgd_ce, "cheap", "white", _apgd_options, strengthens="pgd_ce"),
     Attack("apgd_t", apgd_t, "cheap", "white", _apgd_options, strengthens="pgd_ce"),
     Attack("square", square, "audit", "black", _square_options),
-    Attack("autoattack", autoattack_standard, "audit", "white", _seed_only, strengthens="pgd_ce"),
+    Attack(
+        "autoattack",
+        autoattack_standard,
+        "audit",
+        "white",
+        _autoattack_options,
+        strengthens="pgd_ce",
+    ),
 )
