@@ -12,7 +12,7 @@ from ray.tune import Callback
 
 from sweeps.console import say
 from sweeps.grid import trial_name
-from sweeps.preflight import trial_memory_bytes
+from sweeps.preflight import ray_memory_reservation
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.runs import AUDITED_TAG, find_trial_run
@@ -93,7 +93,7 @@ def submit_audits(
     resources; returns {ref: (name, run id, Ray trial id)}."""
     r = spec.resources
     task = ray.remote(audit_trial).options(
-        num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial, memory=trial_memory_bytes(spec)
+        num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial, **ray_memory_reservation(spec)
     )
     pending = {}
     for config, checkpoint_path, trial_id in trials:

@@ -23,9 +23,9 @@ from sweeps.preflight import (
     PreflightError,
     check_cluster_fits,
     check_shared_storage,
+    ray_memory_reservation,
     storage_uri,
     sweep_lock,
-    trial_memory_bytes,
 )
 from sweeps.progress import TrialLines
 from sweeps.spec import SweepSpec
@@ -310,12 +310,8 @@ def fit(
     callbacks: list[Callback],
 ):
     """Ray Tune over the grid: a new Tuner, or the sweep's restored one on resume."""
-    r = spec.resources  # the memory reservation: Ray packs no more trials on a node than fit
-    resources = {
-        "cpu": r.cpus_per_trial,
-        "gpu": r.gpus_per_trial,
-        "memory": trial_memory_bytes(spec),
-    }
+    r = spec.resources
+    resources = {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial, **ray_memory_reservation(spec)}
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
     if resume:  # the restored Tuner keeps its own run config and callbacks: no per-trial lines
         path = experiment_path(spec, storage_path)

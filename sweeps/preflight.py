@@ -99,8 +99,8 @@ def check_resources(spec: SweepSpec, address: str | None) -> None:
 
 
 def trial_memory_bytes(spec: SweepSpec) -> int:
-    """What each trial and audit reserves on its node: resources.memory_per_trial_gb, else the
-    estimate from the dataset and evaluation.attack_batch_size (`worker_memory`)."""
+    """What one trial (or audit) may peak at: resources.memory_per_trial_gb, else the estimate
+    from the dataset and evaluation.attack_batch_size (`worker_memory.trial_budget_bytes`)."""
     if spec.resources.memory_per_trial_gb is not None:
         return int(spec.resources.memory_per_trial_gb * GIB)
     d = spec.dataset
@@ -109,23 +109,40 @@ def trial_memory_bytes(spec: SweepSpec) -> int:
     return trial_budget_bytes(data.input_shape, points, spec.evaluation.attack_batch_size)
 
 
-def trials_a_node_holds(node: dict, spec: SweepSpec, memory: int) -> tuple[int, int]:
-    """(trials that fit on the node by its CPUs and GPUs, and by Ray's memory resource)."""
+def ray_memory_reservation(spec: SweepSpec) -> dict:
+    """The `memory` Ray reserves per trial and audit: only what the user set. Ray's own
+    `memory` resource is the memory free when the node started minus the object store's
+    reservation, so reserving the estimate by default would halve a sweep started beside other
+    work; preflight compares the estimate with the nodes instead."""
+    gb = spec.resources.memory_per_trial_gb
+    return {} if gb is None else {"memory": int(gb * GIB)}
+
+
+def node_memory(resources: dict) -> float:
+    """What a node offered Ray when it started: its `memory` resource plus the object store's
+    (shared memory, allocated only as objects are stored: the trials here store almost none)."""
+    return resources.get("memory", 0) + resources.get("object_store_memory", 0)
+
+
+def trials_a_node_holds(resources: dict, spec: SweepSpec, memory: int) -> tuple[int, int]:
+    """(trials that fit on the node by its CPUs and GPUs, and by its memory)."""
     r = spec.resources
-    by_cores = int(node.get("CPU", 0) // r.cpus_per_trial)
+    by_cores = int(resources.get("CPU", 0) // r.cpus_per_trial)
     if r.gpus_per_trial > 0:
-        by_cores = min(by_cores, int(node.get("GPU", 0) // r.gpus_per_trial))
-    return by_cores, int(node.get("memory", 0) // memory)
+        by_cores = min(by_cores, int(resources.get("GPU", 0) // r.gpus_per_trial))
+    offered = resources.get("memory", 0) if r.memory_per_trial_gb else node_memory(resources)
+    return by_cores, int(offered // memory)
 
 
 def check_cluster_fits(spec: SweepSpec) -> None:
     """After connecting: some node must hold one trial (its CPUs, GPUs and memory), or Ray
-    waits forever; where memory, not cores, limits how many trials run at once, say so."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
+    waits forever (or its memory monitor kills every attempt); where memory, not cores, limits
+    how many trials a node can run at once, say so."""
     r = spec.resources
     memory = trial_memory_bytes(spec)
-    fits = [(n["NodeManagerAddress"], n["Resources"], *trials_a_node_holds(n["Resources"], spec,
-             memory)) for n in nodes]  # fmt: skip
+    fits = [(n["NodeManagerAddress"], n["Resources"],
+             *trials_a_node_holds(n["Resources"], spec, memory))
+            for n in ray.nodes() if n["Alive"]]  # fmt: skip
     if not any(cores >= 1 for _, _, cores, _ in fits):
         raise PreflightError(
             f"no node of the Ray cluster has {r.cpus_per_trial:g} CPUs and "
@@ -133,10 +150,10 @@ def check_cluster_fits(spec: SweepSpec) -> None:
             "resources.gpus_per_trial, or add such a node"
         )
     if not any(min(cores, mem) >= 1 for _, _, cores, mem in fits):
-        largest = max(res.get("memory", 0) for _, res, _, _ in fits)
+        largest = max(node_memory(res) for _, res, _, _ in fits)
         raise PreflightError(
-            f"no node of the Ray cluster can give a trial the {memory / GIB:.1f} GB it reserves "
-            f"(the most any node offers Ray is {largest / GIB:.1f} GB); lower "
+            f"no node of the Ray cluster has the {memory / GIB:.1f} GB one trial needs (the "
+            f"most any node offers Ray is {largest / GIB:.1f} GB); lower "
             "evaluation.attack_batch_size, or set resources.memory_per_trial_gb to what a trial "
             "needs (make bench measures it), or add nodes with more memory"
         )
@@ -145,11 +162,13 @@ def check_cluster_fits(spec: SweepSpec) -> None:
         limited = [f"{ip}: {mem} of {cores}" for ip, _, cores, mem in fits if mem < cores]
         warn(
             f"memory holds {at_once} trials at once, fewer than max_concurrent_trials "
-            f"({r.max_concurrent_trials}): each reserves {memory / GIB:.1f} GB "
-            f"(trials by memory of those by cores, per node: {'; '.join(limited)}); the rest "
-            "wait. Lower evaluation.attack_batch_size or set resources.memory_per_trial_gb if "
-            "the estimate is too high for your trials"
-        )
+            f"({r.max_concurrent_trials}): each needs up to {memory / GIB:.1f} GB (trials by "
+            f"memory of those by cores, per node: {'; '.join(limited)}). "
+            + ("Ray reserves that, so the rest wait" if r.memory_per_trial_gb else
+               "Ray's memory monitor may kill trials; lower max_concurrent_trials or "
+               "evaluation.attack_batch_size")
+            + "; set resources.memory_per_trial_gb if the estimate is too high for your trials"
+        )  # fmt: skip
 
 
 def check_address(address: str | None, timeout_s: float = 5) -> None:

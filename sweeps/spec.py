@@ -73,8 +73,9 @@ class ResourcesSpec(Section):
         0.0, ge=0, le=64, **fix("use 0 for CPU-only trials or e.g. 0.25 to share a GPU")
     )
     max_concurrent_trials: int = Field(2, ge=1, le=100_000, **fix("use 1 or more"))
-    # memory each trial (and audit) reserves on its node, in GB; null: estimated from the
-    # dataset and evaluation.attack_batch_size (trainables/worker_memory.py)
+    # memory a trial (or audit) needs, in GB: set, it is reserved through Ray's `memory`
+    # resource; null: estimated from the dataset and evaluation.attack_batch_size
+    # (trainables/worker_memory.py) and checked against the nodes, not reserved
     memory_per_trial_gb: float | None = Field(
         None, gt=0, le=100_000, **fix("use e.g. 4, or null for the estimate")
     )

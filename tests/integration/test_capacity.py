@@ -1,6 +1,7 @@
-"""Capacity before launch: each trial reserves its memory on its node (Ray's `memory`
-resource), and preflight compares that with what every node offers. A real local Ray cluster
-whose node declares 4 GiB of memory and 2 CPUs, and `satsweep run --address` on it."""
+"""Capacity before launch: preflight compares what a trial needs with what every node offers,
+and a trial's `resources.memory_per_trial_gb` is reserved through Ray's `memory` resource. A
+real local Ray cluster whose node declares 4 GiB of memory and 2 CPUs (and no object store to
+speak of), and `satsweep run --address` on it."""
 
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def run(tmp_path, address: str, memory_gb: float) -> subprocess.CompletedProcess
 def test_trials_no_node_can_hold_are_refused_before_any_starts(tmp_path, small_node):
     out = run(tmp_path, small_node, memory_gb=NODE_MEMORY_GIB + 1)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "5.0 GB it reserves" in out.stderr and "memory_per_trial_gb" in out.stderr
+    assert "5.0 GB one trial needs" in out.stderr and "memory_per_trial_gb" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     assert not (tmp_path / "mlflow.db").exists()  # refused before the sweep run was opened
 
@@ -56,5 +57,5 @@ def test_trials_no_node_can_hold_are_refused_before_any_starts(tmp_path, small_n
 def test_memory_that_holds_fewer_trials_than_asked_is_a_warning(tmp_path, small_node):
     out = run(tmp_path, small_node, memory_gb=NODE_MEMORY_GIB * 0.6)  # one fits, not two
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "warning: memory holds 1 trials at once" in out.stderr
+    assert "warning: memory holds 1 trials at once" in out.stderr and "the rest wait" in out.stderr
     assert "2 trials finished, 0 failed" in out.stdout
