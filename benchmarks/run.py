@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import attacks, big_store, defence_loop, sweeps, train_loop, worker_memory
+from benchmarks import (
+    attacks,
+    big_store,
+    defence_loop,
+    sweeps,
+    tracking_server,
+    train_loop,
+    worker_memory,
+)
 from sweeps.console import quiet_libraries
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -14,7 +22,8 @@ RESULTS = Path(__file__).with_name("results.json")
 def main() -> None:
     quiet_libraries(verbose=False)  # MLflow's INFO lines as the benchmark stores are made
     results = []
-    for module in (train_loop, defence_loop, attacks, big_store, sweeps, worker_memory):
+    modules = (train_loop, defence_loop, attacks, big_store, sweeps, worker_memory, tracking_server)
+    for module in modules:
         results.extend(module.run())
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     width = max(len(r["name"]) for r in results)

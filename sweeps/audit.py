@@ -82,23 +82,23 @@ class EarlyAudits(Callback):
             return
         if trial.checkpoint is None:
             return
-        job = (trial.config, trial.checkpoint.path, trial.trial_id)
+        job = (trial.config, trial.checkpoint, trial.trial_id)
         self.pending |= submit_audits(self.spec, [job], self.context, self.client)
 
 
 def submit_audits(
     spec: SweepSpec, trials: list[tuple], context: SweepContext, client: MlflowClient
 ) -> dict:
-    """One Ray audit task per (config, checkpoint path, Ray trial id), with a trial's
-    resources; returns {ref: (name, run id, Ray trial id)}."""
+    """One Ray audit task per (config, checkpoint, Ray trial id), with a trial's resources;
+    returns {ref: (name, run id, Ray trial id)}."""
     r = spec.resources
     task = ray.remote(audit_trial).options(
         num_cpus=r.cpus_per_trial, num_gpus=r.gpus_per_trial, **ray_memory_reservation(spec)
     )
     pending = {}
-    for config, checkpoint_path, trial_id in trials:
+    for config, checkpoint, trial_id in trials:
         run_id = find_trial_run(client, context.experiment_id, context.parent_run_id, trial_id)
-        ref = task.remote(config, context, checkpoint_path, run_id)
+        ref = task.remote(config, context, checkpoint, run_id)
         pending[ref] = (trial_name(config), run_id, trial_id)
     return pending
 
@@ -137,7 +137,7 @@ def run_audit(
 
 
 def _submit(spec: SweepSpec, results: list, context: SweepContext, client: MlflowClient) -> dict:
-    trials = [(r.config, r.checkpoint.path, r.metrics[names.TRIAL_ID]) for r in results]
+    trials = [(r.config, r.checkpoint, r.metrics[names.TRIAL_ID]) for r in results]
     return submit_audits(spec, trials, context, client)
 
 

@@ -120,14 +120,13 @@ def _parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser(
         "server",
-        help="run an MLflow tracking server for a cluster: SQL "
-        "backend, proxied artifacts (workers need no storage credentials)",
+        help="run the MLflow tracking server a cluster logs to: SQL backend, proxied artifacts "
+        "(workers need no storage credentials), password authentication",
     )
     server.add_argument(
         "--host",
-        default="127.0.0.1",
-        help="interface to bind (default 127.0.0.1; 0.0.0.0 only behind a "
-        "firewall: the server has no authentication)",
+        help="address to bind (default: this host's address on the cluster network, which "
+        "requires MLFLOW_TRACKING_USERNAME/PASSWORD; 127.0.0.1 serves this machine only)",
     )
     server.add_argument("--port", type=int, default=5000)
     server.add_argument(
@@ -393,23 +392,27 @@ def cmd_export(args) -> int:
     return 0
 
 
-def server_command(args) -> list[str]:
-    store = absolute_uri(args.backend_store_uri)
+def cmd_server(args) -> int:
+    from ray.util import get_node_ip_address
+
+    from tracking.server import ServerError, server_command
+
+    host = args.host or get_node_ip_address()
+    free_port(host, args.port)  # a busy port is a usage error, not a server that exits 0
     dest = args.artifacts_destination
     dest = dest if "://" in dest else str(Path(dest).resolve())
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-            "--artifacts-destination", dest, "--serve-artifacts", "--host", args.host,
-            "--port", str(args.port), "--workers", "1"]  # fmt: skip
-
-
-def cmd_server(args) -> int:
-    free_port(args.host, args.port)  # a busy port is a usage error, not a server that exits 0
-    command = server_command(args)
-    print(
-        f"satsweep: MLflow server on http://{args.host}:{args.port}; trials log to it with "
-        f"--tracking-uri http://<this host>:{args.port}"
+    try:
+        argv, env = server_command(host, args.port, absolute_uri(args.backend_store_uri), dest)
+    except ServerError as err:
+        raise UsageError(str(err)) from None
+    auth = (
+        "password authentication"
+        if "--app-name" in argv
+        else "no authentication: this machine only"
     )
-    os.execv(command[0], command)  # replaces this process: Ctrl-C stops the server
+    print(f"satsweep: MLflow server on http://{host}:{args.port} ({auth}); trials and commands "
+          f"log to it with --tracking-uri http://{host}:{args.port}", flush=True)  # fmt: skip
+    os.execve(argv[0], argv, env)  # replaces this process: Ctrl-C stops the server
 
 
 def free_port(host: str, wanted: int | None) -> int:

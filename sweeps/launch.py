@@ -23,6 +23,7 @@ from sweeps.preflight import (
     PreflightError,
     check_cluster_fits,
     check_shared_storage,
+    check_tracking_from_every_host,
     ray_memory_reservation,
     storage_uri,
     sweep_lock,
@@ -64,9 +65,10 @@ class SweepOutcome:
 
 
 def connect_ray(address: str | None, verbose: bool = False) -> None:
-    """Connect to a cluster (`auto`, `ray://host:port`, or RAY_ADDRESS), else start a local
+    """Connect to a cluster (`auto`, `ray://host:port`, or RAY_ADDRESS), else start a new local
     instance without its dashboard (faster on small machines; nothing listens beyond Ray's own
-    ports). Workers' own output reaches the console only when `verbose`."""
+    ports): `address="local"`, because with no address Ray joins whatever cluster `ray start`
+    last left on this machine. Workers' own output reaches the console only when `verbose`."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -74,13 +76,17 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(include_dashboard=False, **quiet)
+        ray.init(address="local", include_dashboard=False, **quiet)
 
 
 def experiment_path(spec: SweepSpec, storage_path: str) -> str:
-    """Where Ray keeps this sweep's experiment state (what `Tuner.restore` reads)."""
+    """Where Ray keeps this sweep's experiment state (what `Tuner.restore` reads); a URI's query
+    (an S3 endpoint, say) stays at the end."""
     root = storage_uri(storage_path)
-    return f"{root.rstrip('/')}/{spec.name}" if "://" in root else str(Path(root) / spec.name)
+    if "://" not in root:
+        return str(Path(root) / spec.name)
+    base, mark, query = root.partition("?")
+    return f"{base.rstrip('/')}/{spec.name}{mark}{query}"
 
 
 def open_sweep_run(
@@ -195,6 +201,7 @@ def run_sweep(
         connect_ray(address, verbose)
         signal.signal(signal.SIGTERM, _interrupt)
         check_shared_storage(storage_path)
+        check_tracking_from_every_host(tracking_uri)
         check_cluster_fits(spec)
         if resume and not tune.Tuner.can_restore(experiment_path(spec, storage_path)):
             raise PreflightError(

@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sweeps.console import warn
 from sweeps.spec import SweepSpec
-from tracking.store import StoreError, check_store, store_lock
+from tracking.runs import redact_uri
+from tracking.store import StoreError, check_store, is_loopback, store_lock
 from trainables.data import load_dataset
 from trainables.models import SaturatingNet
 from trainables.worker_memory import GIB, trial_budget_bytes
@@ -274,6 +276,68 @@ def check_shared_storage(storage_path: str) -> None:
             f"{len(hosts)} hosts; use shared storage: --storage-path s3://bucket/sweeps, "
             "gs://bucket/sweeps, or a folder on NFS mounted at the same path on every node"
         )
+
+
+def cluster_hosts() -> set[str]:
+    """The distinct addresses of the cluster's live nodes: one per host, however many Ray nodes
+    a host runs (`ray.cluster_utils` runs several on one address)."""
+    return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
+def check_tracking_from_every_host(tracking_uri: str, timeout_s: float = 60) -> None:
+    """On a cluster of several hosts every trial logs from its own host, so the tracking store
+    must be one every host reaches: not a SQLite file on this host, not a loopback address
+    (127.0.0.1 on a worker host is that worker). Then each node is asked itself, with its own
+    credentials, before any trial starts (the driver's check only speaks for the head)."""
+    hosts = cluster_hosts()
+    if len(hosts) < 2:
+        return
+    shown, here = redact_uri(tracking_uri), ray.util.get_node_ip_address()
+    server = f"--tracking-uri http://{here}:5000 (`satsweep server` on this host binds it)"
+    if tracking_uri.startswith("sqlite:///"):
+        raise PreflightError(
+            f"the tracking store {shown} is a file on this host, but the Ray cluster spans "
+            f"{len(hosts)} hosts and trials elsewhere cannot write it; start a tracking server "
+            f"(README, 'Run on a cluster') and pass {server}"
+        )
+    if is_loopback(tracking_uri):
+        raise PreflightError(
+            f"tracking URI {shown} names each node's own loopback, but the Ray cluster spans "
+            f"{len(hosts)} hosts: trials on the other hosts would log nowhere; pass the "
+            f"address the workers reach the server at, e.g. {server}"
+        )
+    problems = ask_every_node(tracking_uri, timeout_s)
+    if problems:
+        raise PreflightError(
+            f"the tracking server {shown} is not usable from every node: "
+            + "; ".join(f"from {ip}: {why}" for ip, why in problems)
+            + ". Fix: make the server reachable at that address from every host, and give "
+            "every node the same credentials in the environment `ray start` runs in (README, "
+            "'Run on a cluster')"
+        )  # fmt: skip
+
+
+def _store_problem(tracking_uri: str) -> str | None:
+    """Runs on one node: why its trials could not log there, or None."""
+    try:
+        check_store(tracking_uri, must_exist=False)
+    except StoreError as err:
+        return str(err)
+    return None
+
+
+def ask_every_node(tracking_uri: str, timeout_s: float) -> list[tuple[str, str]]:
+    """[(node address, problem)] for the nodes whose own check of the store fails (a task on
+    each node, needing no CPU, so busy nodes answer too)."""
+    probe = ray.remote(num_cpus=0)(_store_problem)
+    refs = {}
+    for node in (n for n in ray.nodes() if n["Alive"]):
+        strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ref = probe.options(scheduling_strategy=strategy).remote(tracking_uri)
+        refs[ref] = node["NodeManagerAddress"]
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    problems = [(refs[r], why) for r in ready if (why := ray.get(r)) is not None]
+    return problems + [(refs[r], f"no answer within {timeout_s:g} s") for r in late]
 
 
 def check_data(spec: SweepSpec) -> None:

@@ -11,6 +11,7 @@ import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -150,6 +151,13 @@ class SweepSpec(SweepSettings):
             "is robust_check, but evaluation.check_size is 0 (the check is off)",
             "set evaluation.check_size (e.g. 100) or scheduler.metric: clean_acc",
         )  # fmt: skip
+        require(
+            not (self.tracking_uri and urlsplit(self.tracking_uri).password),
+            "tracking_uri",
+            "holds a password, and a spec is logged and shared",
+            "drop `user:password@` from it; set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD in the environment instead",
+        )
         rank = self.audit.rank_eps
         require(
             rank is None or rank in self.evaluation.eps,

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
 import json
+import re
+import socket
 import sqlite3
 import tempfile
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tracking.runs import redact_uri
 
@@ -71,29 +73,79 @@ def check_sqlite(uri: str, must_exist: bool) -> None:
         )
 
 
+CREDENTIALS_HINT = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment (or "
+    "MLFLOW_TRACKING_TOKEN, or write ~/.mlflow/credentials), never in the spec"
+)
+
+
 def check_server(uri: str) -> None:
-    """An HTTP store must answer /health and MLflow's REST API within SERVER_TIMEOUT_S."""
-    base = uri.rstrip("/")
+    """An HTTP store must answer /health and MLflow's REST API within SERVER_TIMEOUT_S, with the
+    credentials MLflow's own client would send (environment, then ~/.mlflow/credentials)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     shown = redact_uri(uri)
+    creds = get_default_host_creds(uri.rstrip("/"))
+    answers = {}
     try:
-        with urllib.request.urlopen(base + "/health", timeout=SERVER_TIMEOUT_S) as response:
-            healthy = response.status == 200
-        search = base + "/api/2.0/mlflow/experiments/search?max_results=1"
-        with urllib.request.urlopen(search, timeout=SERVER_TIMEOUT_S) as response:
-            json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
+        for endpoint in ("/health", "/api/2.0/mlflow/experiments/search"):
+            params = {"max_results": 1} if "search" in endpoint else None
+            response = http_request(creds, endpoint, "GET", max_retries=0, timeout=SERVER_TIMEOUT_S,
+                                    raise_on_status=False, params=params)  # fmt: skip
+            answers[endpoint] = response.status_code
+            if response.status_code == 200 and params:
+                json.loads(response.text or "{}")
+    except (OSError, ValueError, MlflowException) as err:
         raise StoreError(
-            f"{shown} answers, but not as an MLflow tracking server (HTTP {err.code}); fix "
+            f"the MLflow server at {shown} does not answer ({_reason(err)}); start it "
+            "(see README, 'Run on a cluster') or fix --tracking-uri"
+        ) from None
+    status = answers["/api/2.0/mlflow/experiments/search"]
+    sent = bool(creds.username or creds.token)
+    if status == 401:
+        raise StoreError(
+            f"the MLflow server at {shown} "
+            + ("refused the credentials this process sent; check them: " if sent else
+               "requires credentials: ")
+            + CREDENTIALS_HINT
+        )  # fmt: skip
+    if status == 403:
+        raise StoreError(
+            f"the MLflow server at {shown} accepted the credentials but lets this account do "
+            "nothing; use the account `satsweep server` was started with, or grant it EDIT"
+        )
+    if status != 200:
+        raise StoreError(
+            f"{shown} answers, but not as an MLflow tracking server (HTTP {status}); fix "
             "--tracking-uri or start one (`satsweep server`)"
-        ) from None
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        raise StoreError(
-            f"the MLflow server at {shown} does not answer ({reason}); start it (see README, "
-            "'Run on a cluster') or fix --tracking-uri"
-        ) from None
-    if not healthy:
+        )
+    if answers["/health"] != 200:
         raise StoreError(f"the MLflow server at {shown} is unhealthy")
+
+
+def _reason(err: Exception) -> str:
+    """The socket's own words ('[Errno 111] Connection refused', 'timed out'), not a page of
+    urllib3's retry wrapper."""
+    text = str(err)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if errno:
+        return errno.group(0)
+    return "timed out" if "timed out" in text.lower() else type(err).__name__
+
+
+def is_loopback(uri: str) -> bool:
+    """Does the URI's host name this machine itself (localhost, 127.0.0.0/8, ::1, 0.0.0.0), as every
+    Ray node reads it: on a worker host it names that worker, not the head."""
+    host = urlsplit(uri).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return False
+    return address.is_loopback or address.is_unspecified  # 0.0.0.0 as a destination is here
 
 
 def check_store(uri: str, must_exist: bool) -> None:

@@ -174,26 +174,31 @@ def log_model(
         client.log_artifacts(run_id, folder, "model")
 
 
-def audit_trial(config: dict, context: SweepContext, checkpoint_dir: str, run_id: str) -> dict:
+def audit_trial(
+    config: dict, context: SweepContext, checkpoint: tune.Checkpoint, run_id: str
+) -> dict:
     """The audit tier on one finished trial (a Ray task): the audit's attacks on the audit set,
     joined per example with the trial's stored cheap-tier results (`evaluate.merge_audit`),
     logged into the trial's own run."""
     start = time.perf_counter()
     begin_trial()
     try:
-        return _audit_in_run(config, context, checkpoint_dir, run_id) | {
+        return _audit_in_run(config, context, checkpoint, run_id) | {
             AUDIT_SECONDS: time.perf_counter() - start
         }
     finally:  # Ray reuses this worker for the next audit
         release_freed_memory()
 
 
-def _audit_in_run(config: dict, context: SweepContext, checkpoint_dir: str, run_id: str) -> dict:
+def _audit_in_run(
+    config: dict, context: SweepContext, checkpoint: tune.Checkpoint, run_id: str
+) -> dict:
     cfg = context.trial(config)
     device = _prepare_worker(context)
     data = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, cfg.dataset.download).to(device)
     state = new_state(cfg, data, device)
-    load_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, state)
+    with checkpoint.as_directory() as folder:  # downloaded first where storage is remote
+        load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
     model = state.model.eval()
     audit_idx = eval_indices(len(data.y_test), cfg.audit.size, cfg.evaluation.seed)
     on_device = audit_idx.to(device)
@@ -244,6 +249,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
         "satsweep.git_commit": context.git_commit,
         "satsweep.device": str(device),
         "satsweep.ray_node_id": ray.get_runtime_context().get_node_id(),
+        "satsweep.host": ray.util.get_node_ip_address(),  # which machine ran the trial
         "satsweep.worker_pid": str(os.getpid()),
         **version_tags(),
     }

@@ -47,7 +47,9 @@ def alive(pid: int) -> bool:
 def mlflow_server(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeps.cli", "server", "--port", str(port), "--backend-store-uri",
+        # one host: loopback (today's single-machine recipe) stays allowed, without a password
+        [sys.executable, "-m", "sweeps.cli", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri",
          f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
          str(tmp_path / "server-artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

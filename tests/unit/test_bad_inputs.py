@@ -111,6 +111,12 @@ def test_values_out_of_range_are_refused_naming_the_field(path, value, field):
     assert f"bad.yaml: {field}:" in str(err.value) and "Fix:" in str(err.value)
 
 
+def test_a_spec_with_a_password_in_its_tracking_uri_is_refused_without_echoing_it(tmp_path):
+    for out in run_spec(tmp_path, with_change("tracking_uri", "http://me:hunter2hunter2@h:5000")):
+        refused(out, "tracking_uri", "MLFLOW_TRACKING_PASSWORD")
+        assert "hunter2" not in out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("path, value", [("grid.lambdas", [float("nan")]), ("name", "../outside")])
 def test_run_and_dry_run_refuse_them_alike_writing_nothing(tmp_path, path, value):
     for out in run_spec(tmp_path, with_change(path, value)):

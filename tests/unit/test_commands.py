@@ -1,6 +1,8 @@
 """Commands around a store: `satsweep ui` serves MLflow's UI on 127.0.0.1 as typed; a busy port
-is a usage error for `ui` and `server`, not a process that exits 0."""
+is a usage error for `ui` and `server`, not a process that exits 0; a server other machines can
+reach is refused without a password MLflow's auth app accepts (nothing is started)."""
 
+import os
 import re
 import socket
 import subprocess
@@ -50,8 +52,8 @@ def test_a_busy_port_is_a_usage_error(command, store):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        store_flag = ["--tracking-uri", store] if command == ["ui"] else ["--backend-store-uri",
-                                                                           store]  # fmt: skip
+        store_flag = (["--tracking-uri", store] if command == ["ui"] else
+                      ["--backend-store-uri", store, "--host", "127.0.0.1"])  # fmt: skip
         out = subprocess.run(
             [sys.executable, "-m", "sweeps.cli", *command, "--port", str(port), *store_flag],
             capture_output=True, text=True, timeout=60,
@@ -66,3 +68,39 @@ def test_ui_without_a_store_says_so(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2 and "no MLflow store" in out.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def cluster_address() -> str:
+    from ray.util import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+def server(tmp_path, env: dict, *flags: str) -> subprocess.CompletedProcess:
+    """`satsweep server` with only `env`'s MLflow credentials (HOME is the test's folder, so no
+    ~/.mlflow/credentials of the user's is read)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "server", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'runs.db'}", *flags],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**clean, "HOME": str(tmp_path), **env},
+    )  # fmt: skip
+
+
+def test_a_server_other_machines_reach_needs_a_password(tmp_path):
+    out = server(tmp_path, {})  # the default host: this machine's cluster address
+    assert out.returncode == 2 and "requires authentication" in out.stderr, out.stderr
+    assert "MLFLOW_TRACKING_PASSWORD" in out.stderr and "--host 127.0.0.1" in out.stderr
+    assert not (tmp_path / "runs.db").exists() and "Traceback" not in out.stderr
+
+
+def test_a_password_mlflow_would_reject_is_refused_before_the_server_starts(tmp_path):
+    short = "eleven-char"
+    out = server(tmp_path, {"MLFLOW_TRACKING_USERNAME": "u", "MLFLOW_TRACKING_PASSWORD": short},
+                 "--host", cluster_address())  # fmt: skip
+    assert out.returncode == 2 and "at least 12 characters" in out.stderr, out.stderr
+    assert short not in out.stdout + out.stderr and not (tmp_path / "runs.db").exists()
