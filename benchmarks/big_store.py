@@ -15,6 +15,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from benchmarks.common import result
+from trainables.settings import EvaluationSettings, flatten
+
+# what every real trial logs about the thresholds that judged it
+JUDGED_BY = {f"evaluation.{k}": v for k, v in flatten(EvaluationSettings().model_dump()).items()
+             if k.startswith(("masking.", "unbounded_eps"))}  # fmt: skip
 
 SWEEP = "big"
 
@@ -38,7 +43,7 @@ def build(folder: Path, trials: int = 2500) -> tuple[str, str]:
                 Metric("clean_acc", 0.95, 0, 1),
                 Metric("worst_case_acc/eps_0.1", worst, 0, 1),
             ],
-            params=[Param("lam", "0")],
+            params=[Param(k, v) for k, v in {"lam": "0", **JUDGED_BY}.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         client.set_terminated(run.info.run_id)

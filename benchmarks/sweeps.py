@@ -89,7 +89,7 @@ ASHA_SPEC = {
     "audit": {"top_k": 1, "square_queries": 500},
     "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
 }  # fmt: skip
-ASHA = {"name": "asha", "grace_period": 2, "reduction_factor": 3, "metric": "robust_check"}
+ASHA = {"name": "asha", "grace_period": 2, "reduction_factor": 3, "metric": "robust"}
 
 
 def launch(folder: Path, spec_file: Path) -> float:

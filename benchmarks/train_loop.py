@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from benchmarks.common import median_seconds, result
 from trainables.data import MNIST_ROOT_ENV, default_mnist_root, load_dataset
 from trainables.settings import ArchitectureSettings, SweepSettings, TrialSettings
-from trainables.train import evaluate, new_state, pick_device, train_one_epoch
+from trainables.train import clean_metrics, new_state, pick_device, train_one_epoch
 
 MNIST10K = default_mnist_root()  # $SATSWEEP_MNIST_ROOT, else data/mnist in the checkout
 
@@ -81,7 +81,7 @@ def run(repeats: int = 9) -> list[dict]:
             "ours": lambda: train_one_epoch(cfg, data, ours, epoch=1),
             "ours+eval": lambda: (
                 train_one_epoch(cfg, data, ours, 1),
-                evaluate(cfg, data, ours.model),
+                clean_metrics(cfg, data, ours.model),
             ),
             "bare": lambda: _bare_epoch(models["bare"], opts["bare"], x, y, cfg, penalised=True),
             "bare_ce": lambda: _bare_epoch(models["bare_ce"], opts["bare_ce"], x, y, cfg, False),

@@ -1,10 +1,13 @@
 """`satsweep` command line. Usage errors (bad flags, bad specs, missing data) exit with 2 and
-one readable message; a sweep whose trials failed exits with 1."""
+one readable message; a sweep whose trials failed exits with 1.
+
+The read commands (`best`, `export`, `report`) read a sweep as its record (`tracking.record`)
+and judge it by the rule the sweep logged (`selection.*` params); their rule flags override it
+and say so."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import socket
@@ -13,21 +16,17 @@ from pathlib import Path
 
 from sweeps.console import command
 from sweeps.spec import SpecError, load_spec
-from tracking.runs import (
-    DEFAULT_DB,
-    absolute_uri,
-    redact_uri,
-    resolve_tracking_uri,
-)
+from tracking.runs import DEFAULT_DB, absolute_uri, redact_uri, resolve_tracking_uri
 from tracking.select import (
-    DEFAULT_EPS,
-    DEFAULT_MIN_CLEAN_ACC,
     RULE,
     SelectionError,
-    load_candidates,
+    SelectionRule,
+    check_evaluated_at,
+    load_sweep,
     pareto_front,
     record_selection,
     select_best,
+    sweep_rule,
     verdict,
 )
 from tracking.store import SERVER_TIMEOUT_S, StoreError, check_store
@@ -43,44 +42,37 @@ class UsageError(ValueError):
     """A flag or input the command cannot use: exit 2 with this message."""
 
 
+# ---- the parser, a function per command ------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="satsweep",
         description="Sweeps of saturation-penalised networks on Ray Tune, tracked in MLflow.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_run_parser, _best_parser, _export_parser, _server_parser, _ui_parser,
+                _report_parser):  # fmt: skip
+        add(sub)
+    return parser
+
+
+def _run_parser(sub) -> None:
     run = sub.add_parser("run", help="launch a sweep from a YAML spec")
     run.add_argument("spec", help="path of the sweep spec, e.g. sweeps/quickstart.yaml")
-    run.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
-        "then the spec's tracking_uri, then ./mlflow.db)",
-    )
-    run.add_argument(
-        "--storage-path",
-        help="where Ray keeps results and checkpoints (default: the spec's storage_path)",
-    )
-    run.add_argument(
-        "--dry-run", action="store_true", help="check everything, print the trials and exit"
-    )
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                     "then the spec's tracking_uri, then ./mlflow.db)")  # fmt: skip
+    run.add_argument("--storage-path", help="where Ray keeps results and checkpoints (default: "
+                     "the spec's storage_path)")  # fmt: skip
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything, print the trials and exit")  # fmt: skip
     run.add_argument("--all", action="store_true", help="with --dry-run: list every trial")
-    run.add_argument(
-        "--yes",
-        action="store_true",
-        help="run a grid of more than the spec's confirm_above trials (default 1000) without "
-        "asking",
-    )
-    run.add_argument(
-        "--address",
-        help="Ray cluster to run on: auto, or ray://HOST:10001 "
-        "(default: RAY_ADDRESS, else a new local Ray instance)",
-    )
-    run.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="also show Ray Tune's progress table, result boxes and the workers' own output",
-    )
+    run.add_argument("--yes", action="store_true", help="run a grid of more than the spec's "
+                     "confirm_above trials (default 1000) without asking")  # fmt: skip
+    run.add_argument("--address", help="Ray cluster to run on: auto, or ray://HOST:10001 "
+                     "(default: RAY_ADDRESS, else a new local Ray instance)")  # fmt: skip
+    run.add_argument("-v", "--verbose", action="store_true", help="also show Ray Tune's "
+                     "progress table, result boxes and the workers' own output")  # fmt: skip
     run.add_argument(
         "--resume",
         action="store_true",
@@ -88,20 +80,21 @@ def _parser() -> argparse.ArgumentParser:
         "sweep: finished trials are kept, unfinished ones resume from checkpoints",
     )
 
-    best = sub.add_parser("best", help="rank a sweep's trials by the masking-aware rule")
+
+def _best_parser(sub) -> None:
+    best = sub.add_parser("best", help="rank a sweep's trials by its masking-aware rule")
     best.add_argument("sweep", help="the sweep's name (its MLflow experiment)")
     _store_flag(best)
     _rule_flags(best)
     best.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
     best.add_argument("--all", action="store_true", help="show every trial")
     best.add_argument("--json", action="store_true", help="print the ranking as JSON")
-    best.add_argument(
-        "--record",
-        action="store_true",
-        help="write the rule, its inputs and the champion to the sweep run's tags "
-        "(satsweep.selection.*); without it `best` only reads",
-    )
+    best.add_argument("--record", action="store_true", help="write the rule, its inputs and "
+                      "the champion to the sweep run's tags (satsweep.selection.*); without it "
+                      "`best` only reads")  # fmt: skip
 
+
+def _export_parser(sub) -> None:
     export = sub.add_parser("export", help="export the champion (or a given trial) to a folder")
     export.add_argument(
         "sweep_or_run",
@@ -109,25 +102,20 @@ def _parser() -> argparse.ArgumentParser:
         help="a sweep name (its champion by the rule) or a trial's run id",
     )
     export.add_argument("--out", required=True, type=Path, help="new or empty folder")
-    export.add_argument(
-        "--champion",
-        action="store_true",
-        help="with a run id: also point the registry alias 'champion' at it (a sweep name "
-        "always does: its run is the champion by the rule)",
-    )
+    export.add_argument("--champion", action="store_true", help="with a run id: also point the "
+                        "registry alias 'champion' at it (a sweep name always does: its run is "
+                        "the champion by the rule)")  # fmt: skip
     _store_flag(export)
     _rule_flags(export)
 
-    server = sub.add_parser(
-        "server",
-        help="run the MLflow tracking server a cluster logs to: SQL backend, proxied artifacts "
-        "(workers need no storage credentials), password authentication",
-    )
-    server.add_argument(
-        "--host",
-        help="address to bind (default: this host's address on the cluster network, which "
-        "requires MLFLOW_TRACKING_USERNAME/PASSWORD; 127.0.0.1 serves this machine only)",
-    )
+
+def _server_parser(sub) -> None:
+    server = sub.add_parser("server", help="run the MLflow tracking server a cluster logs to: "
+                            "SQL backend, proxied artifacts (workers need no storage "
+                            "credentials), password authentication")  # fmt: skip
+    server.add_argument("--host", help="address to bind (default: this host's address on the "
+                        "cluster network, which requires MLFLOW_TRACKING_USERNAME/PASSWORD; "
+                        "127.0.0.1 serves this machine only)")  # fmt: skip
     server.add_argument("--port", type=int, default=5000)
     server.add_argument(
         "--backend-store-uri",
@@ -140,38 +128,35 @@ def _parser() -> argparse.ArgumentParser:
         help="where the server stores artifacts (a folder, s3://, gs://)",
     )
 
+
+def _ui_parser(sub) -> None:
     ui = sub.add_parser("ui", help="open MLflow's UI on the sweep store, on 127.0.0.1")
     _store_flag(ui)
     ui.add_argument("--port", type=int, help="port to serve on (default: a free one)")
 
+
+def _report_parser(sub) -> None:
     report = sub.add_parser("report", help="log the sweep report to its parent run")
     report.add_argument("sweep")
     _store_flag(report)
-    report.add_argument("--eps", type=float, default=DEFAULT_EPS)
-    return parser
+    _rule_flags(report)
 
 
 def _rule_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the rule the sweep logged (each defaults to the sweep's own)."""
     parser.add_argument(
-        "--eps",
-        type=float,
-        default=DEFAULT_EPS,
-        help=f"budget whose worst case is maximised (default {DEFAULT_EPS:g})",
+        "--eps", type=float, help="budget whose worst case is maximised (default: the sweep's)"
     )
     parser.add_argument(
-        "--min-clean-acc",
-        type=float,
-        default=DEFAULT_MIN_CLEAN_ACC,
-        help=f"clean accuracy floor (default {DEFAULT_MIN_CLEAN_ACC:g})",
+        "--min-clean-acc", type=float, help="clean accuracy floor (default: the sweep's)"
     )
-    parser.add_argument(
-        "--include-flagged", action="store_true", help="also consider trials with masking suspected"
-    )
-
-
-def _check_rule(args) -> None:
-    if not 0 < args.eps <= 1 or not 0 <= args.min_clean_acc <= 1:
-        raise SelectionError("--eps must be in (0, 1] and --min-clean-acc in [0, 1]")
+    flagged = parser.add_mutually_exclusive_group()
+    flagged.add_argument("--include-flagged", action="store_const", const=True,
+                         dest="include_flagged", help="also consider unaudited trials with "
+                         "masking suspected")  # fmt: skip
+    flagged.add_argument("--exclude-flagged", action="store_const", const=False,
+                         dest="include_flagged", help="leave out flagged trials that are not "
+                         "audited, whatever the sweep's rule says")  # fmt: skip
 
 
 def _store_flag(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +164,9 @@ def _store_flag(parser: argparse.ArgumentParser) -> None:
         "--tracking-uri",
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, then ./mlflow.db)",
     )
+
+
+# ---- shared by the commands ------------------------------------------------------------------
 
 
 def existing_store(cli_uri: str | None) -> str:
@@ -191,9 +179,38 @@ def existing_store(cli_uri: str | None) -> str:
     return uri
 
 
+def read_sweep(args):
+    """(client, the sweep's record, the rule with the flags applied) for a read command; the
+    rule's overrides are said on stderr."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(existing_store(args.tracking_uri))
+    record = load_sweep(client, args.sweep)
+    rule, said = sweep_rule(record).overridden(
+        eps=args.eps, min_clean_acc=args.min_clean_acc, include_flagged=args.include_flagged
+    )
+    _check_rule(rule)
+    check_evaluated_at(record, rule.eps)
+    for line in said:
+        print(f"satsweep: {line}", file=sys.stderr)
+    return client, record, rule
+
+
+def _check_rule(rule: SelectionRule) -> None:
+    if not 0 < rule.eps <= 1 or not 0 <= rule.min_clean_acc <= 1:
+        raise SelectionError("--eps must be in (0, 1] and --min-clean-acc in [0, 1]")
+
+
 def _fail(message: str) -> int:
     print(f"satsweep: error: {message}", file=sys.stderr)
     return USAGE_ERROR
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+# ---- run -------------------------------------------------------------------------------------
 
 
 def _print_trials(spec, show_all: bool) -> None:
@@ -203,22 +220,16 @@ def _print_trials(spec, show_all: bool) -> None:
     hidden = 0 if show_all else max(0, len(rows) - DRY_RUN_ROWS)
     rows = rows[: len(rows) - hidden]
     width = max(len(trial_name(r)) for r in rows)
-    print(
-        f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} "
-        f"{'defence':<8} {'seed':>4}"
-    )
+    print(f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} "
+          f"{'defence':<8} {'seed':>4}")  # fmt: skip
     for r in rows:
         kind = spec.defences[r["defence"]].kind
-        print(
-            f"{trial_name(r):<{width}}  {r['arch']:<18} {r['activation']:<10} "
-            f"{r['lam']:>8g} {kind:<8} {r['seed']:>4}"
-        )
+        print(f"{trial_name(r):<{width}}  {r['arch']:<18} {r['activation']:<10} "
+              f"{r['lam']:>8g} {kind:<8} {r['seed']:>4}")  # fmt: skip
     if hidden:
         print(f"... and {hidden} more (--all lists them)")
-    print(
-        f"{spec.num_trials} trials, {spec.training.epochs} epochs each, "
-        f"dataset {spec.dataset.name}: every check passed"
-    )
+    print(f"{spec.num_trials} trials, {spec.training.epochs} epochs each, dataset "
+          f"{spec.dataset.name}: every check passed")  # fmt: skip
 
 
 def cmd_run(args) -> int:
@@ -243,18 +254,16 @@ def cmd_run(args) -> int:
             f"the grid has {spec.num_trials} trials (more than confirm_above, {limit}); check it "
             "with --dry-run, then pass --yes to run it (or raise confirm_above in the spec)"
         )
+    return _launch(args, spec, text, tracking_uri, storage_path)
+
+
+def _launch(args, spec, text: str, tracking_uri: str, storage_path: str) -> int:
     from sweeps.launch import SweepInterrupted, run_sweep
+    from sweeps.preflight import PreflightError
 
     try:
-        outcome = run_sweep(
-            spec,
-            text,
-            tracking_uri,
-            storage_path,
-            resume=args.resume,
-            address=args.address,
-            verbose=args.verbose,
-        )
+        outcome = run_sweep(spec, text, tracking_uri, storage_path, resume=args.resume,
+                            address=args.address, verbose=args.verbose)  # fmt: skip
     except PreflightError as err:  # e.g. nothing to resume, node-local storage on a cluster
         return _fail(str(err))
     except SweepInterrupted:
@@ -287,109 +296,101 @@ def _passed_on(args) -> list[str]:
     return flags
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+# ---- best ------------------------------------------------------------------------------------
 
 
 def cmd_best(args) -> int:
-    from mlflow.tracking import MlflowClient
-
-    _check_rule(args)
     if args.top < 1:
         return _fail("--top must be >= 1")
-    uri = existing_store(args.tracking_uri)
-    client = MlflowClient(uri)
-    parent, candidates = load_candidates(client, args.sweep, args.eps)
-    chosen = select_best(candidates, args.min_clean_acc, args.include_flagged)
-    verdicts = {c.run_id: verdict(c, args.min_clean_acc, args.include_flagged) for c in candidates}
-    ranked = sorted(
-        candidates,
-        key=lambda c: (verdicts[c.run_id][0], c.worst or -1, c.clean),
-        reverse=True,
-    )
+    client, record, rule = read_sweep(args)
+    trials = list(record.trials.values())
+    chosen = select_best(trials, rule)
+    verdicts = {t.run_id: verdict(t, rule) for t in trials}
+    ranked = sorted(trials, reverse=True, key=lambda t: (verdicts[t.run_id][0],
+                    t.worst(rule.eps) or -1, t.clean))  # fmt: skip
     if args.json:
-        print(json.dumps(_ranking_json(ranked, verdicts, chosen, args), indent=2))
+        print(json.dumps(_ranking_json(record, ranked, verdicts, chosen, rule), indent=2))
     else:
-        _print_ranking(ranked, verdicts, chosen, candidates, args)
+        _print_ranking(record, ranked, verdicts, chosen, rule, args)
     if args.record:
-        record_selection(client, parent, chosen, args.eps, args.min_clean_acc, args.include_flagged)
-        print(f"recorded this selection on the sweep run {parent} (tags satsweep.selection.*)",
-              file=sys.stderr if args.json else sys.stdout)  # fmt: skip
+        record_selection(client, record.parent_run_id, chosen, rule)
+        print(f"recorded this selection on the sweep run {record.parent_run_id} (tags "
+              "satsweep.selection.*)", file=sys.stderr if args.json else sys.stdout)  # fmt: skip
     return 0
 
 
-def _ranking_json(ranked, verdicts, chosen, args) -> dict:
+def _trial_json(t, rule: SelectionRule, verdict_: tuple[bool, str]) -> dict:
+    return {
+        "run_id": t.run_id, "run_name": t.name, "status": t.status, "arch": t.arch,
+        "activation": t.activation, "lam": t.lam, "defence": t.defence, "seed": t.seed,
+        "clean": t.clean, "worst": t.worst(rule.eps), "fgsm": t.fgsm(rule.eps),
+        "worst_curve": t.worst_curve, "flags": list(t.flags), "audited": t.audited,
+        "collapsed": t.collapsed, "eligible": verdict_[0], "why": verdict_[1],
+    }  # fmt: skip
+
+
+def _ranking_json(record, ranked, verdicts, chosen, rule: SelectionRule) -> dict:
     """The ranking for scripts: every trial, in order, with the rule's verdict."""
     return {
-        "sweep": args.sweep,
-        "eps": args.eps,
-        "min_clean_acc": args.min_clean_acc,
-        "include_flagged": args.include_flagged,
+        "sweep": record.name,
+        **rule.model_dump(),
         "rule": RULE,
         "champion": chosen.run_id,
-        "trials": [
-            {
-                **dataclasses.asdict(c),
-                "eligible": verdicts[c.run_id][0],
-                "why": verdicts[c.run_id][1],
-            }
-            for c in ranked
-        ],
+        "trials": [_trial_json(t, rule, verdicts[t.run_id]) for t in ranked],
     }
 
 
-def _print_ranking(ranked, verdicts, chosen, candidates, args) -> None:
+def _print_ranking(record, ranked, verdicts, chosen, rule: SelectionRule, args) -> None:
     shown = ranked if args.all else ranked[: args.top]
-    width = max(len(c.run_name) for c in shown)
-    e = f"{args.eps:g}"
-    print(f"sweep {args.sweep}: {len(candidates)} trials; rule: {RULE}")
-    print(
-        f"{'':2}{'run':<{width}}  {'λ':>6}  {'defence':<8} {'act':<8} {'clean':>6}  "
-        f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  in or out, and why"
-    )
-    for c in shown:
-        mark = "*" if c is chosen else " "
-        print(
-            f"{mark} {c.run_name:<{width}}  {c.lam:>6g}  {c.defence:<8} {c.activation:<8} "
-            f"{_fmt(c.clean):>6}  {_fmt(c.worst):>10}  {_fmt(c.fgsm):>9}  {verdicts[c.run_id][1]}"
-        )
+    width = max(len(t.name) for t in shown)
+    e = f"{rule.eps:g}"
+    print(f"sweep {record.name}: {len(ranked)} trials; rule: {rule.describe()}")
+    print(f"{'':2}{'run':<{width}}  {'λ':>6}  {'defence':<8} {'act':<8} {'clean':>6}  "
+          f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  in or out, and why")  # fmt: skip
+    for t in shown:
+        mark = "*" if t is chosen else " "
+        print(f"{mark} {t.name:<{width}}  {t.lam:>6g}  {t.defence:<8} {t.activation:<8} "
+              f"{_fmt(t.clean):>6}  {_fmt(t.worst(rule.eps)):>10}  {_fmt(t.fgsm(rule.eps)):>9}  "
+              f"{verdicts[t.run_id][1]}")  # fmt: skip
     if len(shown) < len(ranked):
         print(f"showing {len(shown)} of {len(ranked)} trials (--all for the rest)")
-    print(
-        f"\nchampion: {chosen.run_name}  (run {chosen.run_id}), worst case {chosen.worst:.3f} "
-        f"at eps {e}, clean {chosen.clean:.3f}, naive FGSM {_fmt(chosen.fgsm)}"
-    )
+    print(f"\nchampion: {chosen.name}  (run {chosen.run_id}), worst case "
+          f"{chosen.worst(rule.eps):.3f} at eps {e}, clean {chosen.clean:.3f}, naive FGSM "
+          f"{_fmt(chosen.fgsm(rule.eps))}")  # fmt: skip
     print(f"Pareto front, clean vs worst case at eps {e}:")
-    for c in pareto_front(candidates):
-        print(
-            f"  clean {c.clean:.3f}  worst {_fmt(c.worst)}  {c.run_name}"
-            + ("  [masking suspected]" if c.flagged else "")
-        )
+    for t in pareto_front(ranked, rule.eps):
+        print(f"  clean {t.clean:.3f}  worst {_fmt(t.worst(rule.eps))}  {t.name}"
+              + ("  [masking suspected]" if t.flagged else ""))  # fmt: skip
+
+
+# ---- export, report --------------------------------------------------------------------------
 
 
 def cmd_export(args) -> int:
     from tracking.export import export_model
 
-    _check_rule(args)
-    info = export_model(
-        existing_store(args.tracking_uri),
-        args.sweep_or_run,
-        args.out,
-        eps=args.eps,
-        min_clean_acc=args.min_clean_acc,
-        include_flagged=args.include_flagged,
-        champion=args.champion,
-    )
-    print(
-        f"exported {info['run_name']} (run {info['run_id']}) to {info['out']}: "
-        "model.pt2, state_dict.pt, config.json, metrics.json"
-    )
+    info = export_model(existing_store(args.tracking_uri), args.sweep_or_run, args.out,
+                        champion=args.champion, eps=args.eps, min_clean_acc=args.min_clean_acc,
+                        include_flagged=args.include_flagged)  # fmt: skip
+    print(f"exported {info['run_name']} (run {info['run_id']}) to {info['out']}: "
+          "model.pt2, state_dict.pt, config.json, metrics.json")  # fmt: skip
     alias = ", alias 'champion'" if info["champion"] else " (alias 'champion' unchanged)"
     print(f"registered model {info['registered_model']!r} version {info['version']}{alias}")
-    print(
-        f"load it anywhere with torch only: torch.export.load('{info['out']}/model.pt2').module()"
-    )
+    print(f"load it anywhere with torch only: torch.export.load('{info['out']}/model.pt2')"
+          ".module()")  # fmt: skip
     return 0
+
+
+def cmd_report(args) -> int:
+    from tracking.report import write_report
+
+    client, record, rule = read_sweep(args)
+    paths = write_report(client, record, rule)
+    print(f"logged to the sweep run of {args.sweep!r}: {', '.join(paths)}")
+    return 0
+
+
+# ---- server, ui ------------------------------------------------------------------------------
 
 
 def cmd_server(args) -> int:
@@ -405,11 +406,8 @@ def cmd_server(args) -> int:
         argv, env = server_command(host, args.port, absolute_uri(args.backend_store_uri), dest)
     except ServerError as err:
         raise UsageError(str(err)) from None
-    auth = (
-        "password authentication"
-        if "--app-name" in argv
-        else "no authentication: this machine only"
-    )
+    auth = ("password authentication" if "--app-name" in argv
+            else "no authentication: this machine only")  # fmt: skip
     print(f"satsweep: MLflow server on http://{host}:{args.port} ({auth}); trials and commands "
           f"log to it with --tracking-uri http://{host}:{args.port}", flush=True)  # fmt: skip
     os.execve(argv[0], argv, env)  # replaces this process: Ctrl-C stops the server
@@ -431,19 +429,11 @@ def free_port(host: str, wanted: int | None) -> int:
 def cmd_ui(args) -> int:
     uri = existing_store(args.tracking_uri)
     port = free_port("127.0.0.1", args.port)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     print(f"satsweep: MLflow UI on {url}  (store {redact_uri(uri)}; Ctrl-C stops)", flush=True)
-    os.execv(command[0], command)  # replaces this process: Ctrl-C stops the UI
-
-
-def cmd_report(args) -> int:
-    from tracking.report import write_report
-
-    paths = write_report(existing_store(args.tracking_uri), args.sweep, eps=args.eps)
-    print(f"logged to the sweep run of {args.sweep!r}: {', '.join(paths)}")
-    return 0
+    os.execv(argv[0], argv)  # replaces this process: Ctrl-C stops the UI
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ import shutil
 import sys
 
 from tracking import metric_names as names
+from tracking.runs import redact_uri, resolve_tracking_uri
+from tracking.select import champion_or_none
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -80,8 +82,8 @@ def summary(metrics: dict, eps: float) -> str:
     text += f"  worst@{eps:g} {worst:.3f}" if isinstance(worst, float) else ""
     if metrics.get(names.COLLAPSED):
         return text + "  collapsed"
-    if metrics.get("diverged_at_epoch"):
-        return text + f"  diverged at epoch {int(metrics['diverged_at_epoch'])}"
+    if metrics.get(names.DIVERGED_AT_EPOCH):
+        return text + f"  diverged at epoch {int(metrics[names.DIVERGED_AT_EPOCH])}"
     flags = metrics.get(names.FLAGS_REPORT, "")
     return text + (f"  flags: {flags}" if flags else "")
 
@@ -96,3 +98,50 @@ def command() -> str:
     if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
         return "satsweep"
     return os.path.relpath(argv0) if not os.path.relpath(argv0).startswith("..") else argv0
+
+
+def header(spec, tracking_uri: str) -> None:
+    r = spec.resources
+    say(
+        f"sweep {spec.name!r}: {spec.num_trials} trials, {r.max_concurrent_trials} at a time "
+        f"({r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU each), "
+        f"{spec.training.epochs} epochs, dataset {spec.dataset.name}"
+    )
+    say(f"MLflow store {redact_uri(tracking_uri)}; browse it with `{command()} ui"
+        f"{store_flag(tracking_uri)}`")  # fmt: skip
+
+
+def store_flag(tracking_uri: str) -> str:
+    """` --tracking-uri ...` when the store is not the default one a command would find."""
+    return (
+        ""
+        if tracking_uri == resolve_tracking_uri()
+        else f" --tracking-uri {redact_uri(tracking_uri)}"
+    )
+
+
+def closing_lines(record, rule, usage: dict, failed: int, launch: int, tracking_uri: str) -> None:
+    """Wall time, utilisation and epochs (this launch's, and the sweep's over its launches), the
+    champion by the sweep's rule, and what to type next."""
+    finished = sum(t.status == "finished" for t in record.trials.values())
+    u = usage
+    took = duration(u[names.SWEEP_LAUNCH_WALL])
+    if launch:
+        took += f" (this launch; {duration(u[names.SWEEP_WALL])} over {launch + 1} launches)"
+    say(
+        f"done in {took}: {finished} trials finished, {failed} failed; slot utilisation "
+        f"{u[names.SWEEP_UTILISATION]:.2f} ({u[names.SWEEP_BUSY]:.0f} busy seconds on "
+        f"{int(u[names.SWEEP_SLOTS])} slots); epochs trained {u[names.SWEEP_EPOCHS_RUN]:.0f} of "
+        f"the grid's {u[names.SWEEP_GRID_EPOCHS]:.0f} ({u[names.SWEEP_EPOCHS_RATIO]:.2f})"
+    )
+    c = champion_or_none(record.trials.values(), rule)
+    if c is None:
+        say(f"no champion yet by the rule ({rule.describe()}): `{command()} best "
+            f"{record.name}` says why each trial is out")  # fmt: skip
+    else:
+        say(f"champion {c.name}: worst case {c.worst(rule.eps):.3f} at eps {rule.eps:g}, "
+            f"clean {c.clean:.3f}")  # fmt: skip
+    me, store = command(), store_flag(tracking_uri)
+    say(f"next:  {me} best {record.name}{store}   (why each trial is in or out)")
+    say(f"       {me} ui{store}   (browse every run in MLflow)")
+    say(f"       {me} export {record.name} --out champion{store}")

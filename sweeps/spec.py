@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from tracking.select import SelectionRule
 from trainables.settings import (
     ActivationName,
     ArchitectureSettings,
@@ -95,19 +96,21 @@ class ResourcesSpec(Section):
 
 class SchedulerSpec(Section):
     """FIFO runs every trial to the end. ASHA stops the trials that rank in the bottom part of
-    their rung by `metric`: by default the per-epoch robust check (evaluation.check_size), since
-    ranking a robustness sweep by clean accuracy stops exactly the trials that trade clean
-    accuracy for robustness."""
+    their rung by `metric`: by default `robust`, the per-epoch early-stopping signal
+    (evaluation.stopping_*), since ranking a robustness sweep by clean accuracy stops exactly the
+    trials that trade clean accuracy for robustness."""
 
     name: Literal["fifo", "asha"] = "fifo"
     grace_period: int = Field(2, ge=1, le=100_000, **fix("give trials at least one epoch"))
     reduction_factor: int = Field(3, ge=2, le=100, **fix("use 3 (keep the top third per rung)"))
-    metric: Literal["robust_check", "clean_acc"] = "robust_check"
+    metric: Literal["robust", "clean_acc"] = "robust"
 
 
 class SweepSpec(SweepSettings):
     name: str
     grid: GridSpec
+    # the masking-aware rule the sweep audits and crowns by, and `best`/`export` read back
+    selection: SelectionRule = SelectionRule()
     resources: ResourcesSpec = ResourcesSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     storage_path: str = Field("ray_results", min_length=1, **fix("give a folder or s3:// URI"))
@@ -145,11 +148,11 @@ class SweepSpec(SweepSettings):
             f"use fewer or shorter layers (run names must stay within {MAX_RUN_NAME})",
         )
         require(
-            not (self.scheduler.name == "asha" and self.scheduler.metric == "robust_check"
-                 and self.evaluation.check_size == 0),
+            not (self.scheduler.name == "asha" and self.scheduler.metric == "robust"
+                 and self.evaluation.stopping_size == 0),
             "scheduler.metric",
-            "is robust_check, but evaluation.check_size is 0 (the check is off)",
-            "set evaluation.check_size (e.g. 100) or scheduler.metric: clean_acc",
+            "is robust, but evaluation.stopping_size is 0 (the early-stopping signal is off)",
+            "set evaluation.stopping_size (e.g. 100) or scheduler.metric: clean_acc",
         )  # fmt: skip
         require(
             not (self.tracking_uri and urlsplit(self.tracking_uri).password),
@@ -158,13 +161,14 @@ class SweepSpec(SweepSettings):
             "drop `user:password@` from it; set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD in the environment instead",
         )
-        rank = self.audit.rank_eps
+        rule = self.selection.resolved(list(self.evaluation.eps))
         require(
-            rank is None or rank in self.evaluation.eps,
-            "audit.rank_eps",
-            f"{rank} is not in evaluation.eps",
+            rule.eps in self.evaluation.eps,
+            "selection.eps",
+            f"{rule.eps:g} is not in evaluation.eps",
             "pick one of the evaluation budgets",
         )
+        object.__setattr__(self, "selection", rule)  # logged as a number, never "None"
         return self
 
     @property
@@ -308,6 +312,22 @@ def _field_fix(loc: tuple) -> str | None:
     return None
 
 
+# keys of earlier specs, and where they went (one meaning per word: "check" is preflight's)
+MOVED = {
+    "audit.rank_eps": "selection.eps",
+    "evaluation.check_size": "evaluation.stopping_size",
+    "evaluation.check_steps": "evaluation.stopping_steps",
+    "evaluation.check_eps": "evaluation.stopping_eps",
+    "grid.defences.check_size": "overfit_size",
+    "grid.defences.check_steps": "overfit_steps",
+    "grid.defences.check_drop": "overfit_drop",
+}
+
+
+def _unindexed(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int))
+
+
 COMPARISONS = {
     "greater_than": ">",
     "greater_than_equal": ">=",
@@ -337,12 +357,16 @@ def _explain(error: dict, raw: dict) -> tuple[str, str, str]:
         return _path((*loc, *cause.where.split("."))), cause.problem, cause.fix
     if kind == "missing":
         return where, "missing required field", f"add `{loc[-1]}:` to the spec"
+    if kind == "extra_forbidden" and _unindexed(loc) in MOVED:
+        return where, "was renamed", f"write it as `{MOVED[_unindexed(loc)]}` (same meaning)"
     if kind == "extra_forbidden":
         holder = _model_at(loc[:-1])
         known = list(holder.model_fields) if holder else []
         near = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"did you mean `{near[0]}`?" if near else f"known keys: {', '.join(known)}"
         return where, "unknown key", f"remove it or rename it ({hint})"
+    if kind == "literal_error" and value == "robust_check" and loc[-1] == "metric":
+        return where, "robust_check was renamed", "write scheduler.metric: robust (same meaning)"
     if kind == "literal_error":
         return where, f"unknown value {value!r}", f"use one of: {ctx.get('expected', '')}"
     if kind in TYPE_FIXES:

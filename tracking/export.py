@@ -26,7 +26,7 @@ def resolve_run(
     client: MlflowClient, tracking_uri: str, sweep_or_run: str, rule: dict
 ) -> tuple[str, str, bool]:
     """(run id, sweep name, chosen by the rule) for a trial run id, or for a sweep name via the
-    selection rule (`rule`: keyword arguments of `best_run_id`)."""
+    sweep's own selection rule (`rule`: overrides of it, `best_run_id`'s keyword arguments)."""
     if _RUN_ID.match(sweep_or_run):
         try:
             run = client.get_run(sweep_or_run)

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 CLEAN_ACC = "clean_acc"
 EPOCH = "epoch"
+# training, per epoch (trainables/train.py)
+LOSS = "loss"
+CROSS_ENTROPY = "cross_entropy"  # the data term: CE on the inputs trained on (+ beta KL, TRADES)
+PENALTY = "penalty"
+EFFECTIVE_LAMBDA = "effective_lambda"
+TRAIN_ACC = "train_acc"  # running accuracy on the inputs trained on (adversarial under a defence)
+DEFENCE_EPS = "defence_eps"  # the training attack's eps in force (a warm-up ramps it)
+KEPT_EPOCH = "kept_epoch"  # keep_best: the epoch whose weights the trial ended with
+DIVERGED_AT_EPOCH = "diverged_at_epoch"
 TRIAL_ID = "trial_id"  # Ray adds it to every reported result
 MASKING_SUSPECTED = "masking_suspected"
 MAJORITY_SHARE = "prediction_majority_share"  # share of the most predicted class
@@ -17,7 +26,8 @@ CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
 FLAGS_REPORT = "flags"  # in Tune's last report only (text): the raised masking flags
 TRAIN_SECONDS = "train_seconds"  # this epoch's training, wall clock
 SECONDS_PER_EPOCH = "train_seconds_per_epoch"  # mean over the epochs trained so far
-ROBUST_CHECK = "robust_check/eval_pgd_acc"  # per epoch: see evaluation.check_size
+EARLY_STOPPING = "early_stopping/eval_pgd_acc"  # per epoch where ASHA ranks by it
+OVERFITTING = "overfitting/train_pgd_acc"  # per epoch under a defence: the overfitting watch
 EPOCHS_RUN = "training_epochs_run"  # epochs this trial trained, retrained ones after a restore too
 TWIN_EPOCHS_TRAINED = "twin_epochs_trained"  # epochs spent training the lambda = 0 twin (0: reused)
 TWIN_WAIT_SECONDS = "twin_wait_seconds"  # waiting for the twin's own trial to log its weights
@@ -26,6 +36,16 @@ WORKER_TRIALS_RUN = "worker/trials_run"  # trials this process has run, this one
 WORKER_PEAK_MB = "worker/peak_resident_mb"  # resident peak during this trial
 WORKER_RESIDENT_MB = "worker/resident_mb"  # at the trial's end, after freed memory went back
 WORKER_PRIVATE_MB = "worker/private_mb"  # anonymous (heap, tensors) at the trial's end
+# the sweep run's cost accounting (sweeps/costs.py): each launch's own, and the sweep's so far
+SWEEP_LAUNCH_WALL = "sweep/launch_wall_seconds"  # this launch, from Ray's start to its end
+SWEEP_LAUNCH_BUSY = "sweep/launch_busy_seconds"  # its trial attempts and audit tasks
+SWEEP_WALL = "sweep/wall_seconds"  # summed over launches: the time between them is not in it
+SWEEP_BUSY = "sweep/busy_seconds"
+SWEEP_SLOTS = "sweep/slots"
+SWEEP_UTILISATION = "sweep/slot_utilisation"  # busy / (slots x wall), over the launches so far
+SWEEP_EPOCHS_RUN = "sweep/training_epochs_run"  # every trial's, retrained epochs and twins too
+SWEEP_GRID_EPOCHS = "sweep/grid_epochs"
+SWEEP_EPOCHS_RATIO = "sweep/training_epochs_ratio"
 _MASKING = "masking/"
 _MASKING_TAG = "masking."
 _ROBUST = "robust_acc/"

@@ -23,6 +23,7 @@ ROLE_TAG = "satsweep.role"
 TRIAL_ID_TAG = "satsweep.ray_trial_id"
 STATUS_TAG = "satsweep.status"
 RESTARTS_TAG = "satsweep.restarts"  # times Ray restarted the trial (retries and resumes)
+LAUNCHES_TAG = "satsweep.launches"  # on the sweep run: its first launch and every --resume
 AUDITED_TAG = "satsweep.audited"  # "true" once the audit tier's results are merged in
 COLLAPSED_TAG = "satsweep.collapsed"  # "true": a constant or chance-level classifier
 OVERFITTING_TAG = "satsweep.catastrophic_overfitting"  # "epoch N" where the collapse began
@@ -142,36 +143,6 @@ def find_trial_run(
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
-
-
-def twin_weights(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, twin_name: str
-) -> tuple[str, str] | None:
-    """(run id, artifact path) of the trained lambda = 0 twin called `twin_name` in this sweep:
-    the grid's own trial of that name once its final weights are logged, else a trial that
-    trained the twin for the sweep. None while neither exists."""
-    under = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
-    own = f"tags.`{MLFLOW_RUN_NAME}` = '{twin_name}' and tags.`{WEIGHTS_TAG}` = 'true'"
-    places = ((f"{under} and {own}", MODEL_WEIGHTS),
-              (f"{under} and tags.`{TWIN_TAG}` = '{twin_name}'", TWIN_WEIGHTS))  # fmt: skip
-    for where, path in places:
-        runs = client.search_runs([experiment_id], filter_string=where, max_results=1)
-        if runs:
-            return runs[0].info.run_id, path
-    return None
-
-
-def twin_in_training(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, twin_name: str
-) -> bool:
-    """Is the twin being trained right now: its own trial running, or another trial training
-    it for the sweep (MLflow's search has no OR: two queries)."""
-    running = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    for tag in (MLFLOW_RUN_NAME, TWIN_CLAIM_TAG):
-        where = f"{running} and tags.`{tag}` = '{twin_name}'"
-        if client.search_runs([experiment_id], filter_string=where, max_results=1):
-            return True
-    return False
 
 
 def finished_run_metrics(

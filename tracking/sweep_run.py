@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tracking.runs import (
+    LAUNCHES_TAG,
     ROLE_TAG,
     TRIAL_ID_TAG,
     code_version,
@@ -28,7 +29,8 @@ def start_sweep_run(
     client: MlflowClient, experiment_id: str, name: str, spec_text: str, params: dict[str, str]
 ) -> str:
     """The parent run: role tag, the spec's flat params, the spec file as an artifact."""
-    tags = {ROLE_TAG: "sweep", "satsweep.git_commit": code_version(), **version_tags()}
+    tags = {ROLE_TAG: "sweep", LAUNCHES_TAG: "1", "satsweep.git_commit": code_version(),
+            **version_tags()}  # fmt: skip
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     log_params(client, run_id, params)
@@ -64,7 +66,14 @@ def reopen_sweep_run(client: MlflowClient, sweep: str) -> tuple[str, str] | None
         return None
     client.update_run(parent.info.run_id, status="RUNNING")
     client.set_tag(parent.info.run_id, "satsweep.resumed", "true")
+    launches = int(parent.data.tags.get(LAUNCHES_TAG, "1")) + 1
+    client.set_tag(parent.info.run_id, LAUNCHES_TAG, str(launches))
     return experiment_id, parent.info.run_id
+
+
+def launch_number(parent: Run) -> int:
+    """This launch of the sweep, counted from 0 (a first `--resume` is 1)."""
+    return int(parent.data.tags.get(LAUNCHES_TAG, "1")) - 1
 
 
 def reconcile_trial_runs(
@@ -80,8 +89,17 @@ def reconcile_trial_runs(
         f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
-        _close_trial(client, run, ray_status.get(run.data.tags.get(TRIAL_ID_TAG, ""), "ERROR"))
+        _close_trial(client, run.info.run_id, ray_status.get(run.data.tags.get(TRIAL_ID_TAG, "")))
     return len(runs)
+
+
+def close_left_running(client: MlflowClient, record, ray_status: dict[str, str]) -> int:
+    """Close, from the sweep's record, the trial runs a stopped or crashed trial left RUNNING;
+    returns how many. `ray_status`: Ray trial id -> 'TERMINATED' or 'ERROR'."""
+    running = [t for t in record.trials.values() if t.status == "RUNNING"]
+    for t in running:
+        record.mark(t.run_id, _close_trial(client, t.run_id, ray_status.get(t.ray_trial_id)))
+    return len(running)
 
 
 def close_trial_run(
@@ -96,17 +114,16 @@ def close_trial_run(
     itself): trials waiting on it (its lambda > 0 twins, `trainables/twins.py`) then stop
     waiting at once, not at the sweep's end."""
     run_id = find_trial_run(client, experiment_id, parent_run_id, trial_id)
-    if run_id is not None:
-        run = client.get_run(run_id)
-        if run.info.status == "RUNNING":
-            _close_trial(client, run, ray_status)
+    if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
+        _close_trial(client, run_id, ray_status)
 
 
-def _close_trial(client: MlflowClient, run: Run, ray_status: str) -> None:
-    if ray_status == "TERMINATED":
-        finish_run(client, run.info.run_id, "FINISHED", note="stopped_early")
-    else:
-        finish_run(client, run.info.run_id, "FAILED", note="failed")
+def _close_trial(client: MlflowClient, run_id: str, ray_status: str | None) -> str:
+    """End a run its trial left RUNNING as Tune ended the trial: a trial Tune ended normally
+    was stopped early (FINISHED), any other failed; returns the status note written."""
+    note = "stopped_early" if ray_status == "TERMINATED" else "failed"
+    finish_run(client, run_id, "FINISHED" if note == "stopped_early" else "FAILED", note=note)
+    return note
 
 
 def close_sweep_run(client: MlflowClient, parent_run_id: str, failed: int | None) -> None:

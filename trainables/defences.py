@@ -1,5 +1,5 @@
 """Training-time defences: the loss one batch is trained on under `none`, `fgsm_rs`, `pgd` or
-`trades` (see `settings.DefenceSettings`), and the catastrophic-overfitting check.
+`trades` (see `settings.DefenceSettings`), and the catastrophic-overfitting watch.
 
 The training attack is the evaluation's PGD code (`attacks.gradient.pgd_train`), crafted with
 the model in eval mode, inside the eps-ball and [0, 1]. No Ray, no MLflow.
@@ -82,7 +82,7 @@ def training_terms(
     return data, saturation_penalty(pre, cfg.activation, reduction), shown
 
 
-def pgd_check(
+def pgd_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,

@@ -110,6 +110,17 @@ def worst_case(results: list[AttackResult], eps: float) -> torch.Tensor:
     return torch.stack(masks).all(0)
 
 
+def robustness_curves_data(
+    results: list[AttackResult], unbounded_eps: float
+) -> tuple[dict[tuple[str, float], float], dict[float, float]]:
+    """({(attack, eps): accuracy}, {eps: worst case}) over the bounded budgets: what a trial's
+    robustness-curves figure draws."""
+    bounded = [r for r in results if r.eps != unbounded_eps]
+    accuracy = {(r.attack, r.eps): r.accuracy for r in bounded}
+    worst = {e: worst_case(bounded, e).float().mean().item() for e in {r.eps for r in bounded}}
+    return accuracy, worst
+
+
 def robustness_metrics(results: list[AttackResult]) -> dict[str, float]:
     """robust_acc/<attack>/eps_<e>, worst_case_acc/eps_<e>, attack_seconds/<attack>."""
     metrics: dict[str, float] = {}

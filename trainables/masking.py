@@ -37,14 +37,67 @@ def zero_gradient_fraction(
     return (grad.flatten(1) == 0).all(1).float().mean().item()
 
 
+Accuracies = dict[tuple[str, float], float]
+
+
 def _max_over_eps(eps: tuple[float, ...], fn) -> float | None:
-    values = [fn(e) for e in eps]
-    values = [v for v in values if v is not None]
+    values = [v for v in (fn(e) for e in eps) if v is not None]
     return max(values) if values else None
 
 
+def stabilisation_gap(acc: Accuracies, eps: tuple[float, ...]) -> float | None:
+    """Max over eps of how far a naive attack (FGSM, PGD-CE) overstates robustness against the
+    best of the attacks that stabilise or strengthen it (the catalog's `strengthens`)."""
+
+    def at(e):
+        diffs = []
+        for naive, stronger in STRONGER.items():
+            strong = [acc[(a, e)] for a in stronger if (a, e) in acc]
+            if (naive, e) in acc and strong:
+                diffs.append(acc[(naive, e)] - min(strong))
+        return max(diffs) if diffs else None
+
+    return _max_over_eps(eps, at)
+
+
+def single_step_beats_iterative(acc: Accuracies, eps: tuple[float, ...]) -> float | None:
+    """Max over eps of PGD-CE minus FGSM accuracy: an iterative attack should not do worse."""
+
+    def at(e):
+        if ("pgd_ce", e) in acc and ("fgsm", e) in acc:
+            return acc[("pgd_ce", e)] - acc[("fgsm", e)]
+        return None
+
+    return _max_over_eps(eps, at)
+
+
+def blackbox_beats_whitebox(
+    acc: Accuracies, eps: tuple[float, ...], black_box: tuple[str, ...]
+) -> float | None:
+    """Max over eps of the best white-box accuracy minus the best black-box one: an attack that
+    sees no gradient should not do better."""
+
+    def at(e):
+        white = [acc[(n, e)] for n in WHITE_BOX if (n, e) in acc]
+        black = [acc[(n, e)] for n in black_box if (n, e) in acc]
+        return min(white) - min(black) if white and black else None
+
+    return _max_over_eps(eps, at)
+
+
+def eps_non_monotone(acc: Accuracies, eps: tuple[float, ...]) -> float | None:
+    """The largest rise of any (monotone-checked) attack's accuracy as eps grows."""
+
+    def rise(attack):
+        seq = [acc[(attack, e)] for e in sorted(eps) if (attack, e) in acc]
+        rises = [b - a for a, b in pairwise(seq)]
+        return max(rises) if rises else None
+
+    return max((v for a in MONOTONE_CHECKED if (v := rise(a)) is not None), default=None)
+
+
 def diagnose(
-    acc: dict[tuple[str, float], float],
+    acc: Accuracies,
     zero_f32: float,
     zero_f64: float,
     ecfg: EvaluationSettings,
@@ -55,53 +108,21 @@ def diagnose(
 
     `transfer_is_black_box` is False when the transfer surrogate is the model itself (a lambda = 0
     trial): its "transfer" attack is then white-box PGD on the margin. A `collapsed` model (see
-    `evaluate.collapse_check`) keeps its flags but is never `masking_suspected`."""
-    black_box_attacks = [a for a in BLACK_BOX if a != "transfer" or transfer_is_black_box]
-    bounded = tuple(ecfg.eps)
-    m = ecfg.masking
-    tol = m.tolerance
-    get = acc.get
-    out: dict[str, tuple[float, bool]] = {
-        "zero_grad_float32": (zero_f32, zero_f32 > m.zero_grad_threshold),
-        "zero_grad_float64": (zero_f64, zero_f64 > m.zero_grad_threshold),
-    }
-
-    def gap(e):  # how much a naive attack overstates robustness against the stronger ones
-        diffs = []
-        for naive, stronger in STRONGER.items():
-            strong = [get((a, e)) for a in stronger if get((a, e)) is not None]
-            if get((naive, e)) is not None and strong:
-                diffs.append(get((naive, e)) - min(strong))
-        return max(diffs) if diffs else None
-
-    def single_step(e):
-        a, b = get(("pgd_ce", e)), get(("fgsm", e))
-        return None if a is None or b is None else a - b
-
-    def black_box(e):  # the best black-box attack beating the best white-box one
-        white = [get((n, e)) for n in WHITE_BOX if get((n, e)) is not None]
-        black = [get((n, e)) for n in black_box_attacks if get((n, e)) is not None]
-        return min(white) - min(black) if white and black else None
-
-    def non_monotone(attack):
-        seq = [get((attack, e)) for e in sorted(bounded)]
-        seq = [v for v in seq if v is not None]
-        rises = [b - a for a, b in pairwise(seq)]
-        return max(rises) if rises else None
-
+    `evaluate.collapse_check`) keeps its flags but is never `masking_suspected`. A diagnostic
+    whose attacks were not run is left out rather than guessed."""
+    black_box = tuple(a for a in BLACK_BOX if a != "transfer" or transfer_is_black_box)
+    bounded, m = tuple(ecfg.eps), ecfg.masking
     checks = {
-        "stabilisation_gap": (_max_over_eps(bounded, gap), m.gap_threshold),
-        "single_step_beats_iterative": (_max_over_eps(bounded, single_step), tol),
-        "blackbox_beats_whitebox": (_max_over_eps(bounded, black_box), tol),
-        "eps_non_monotone": (
-            max((v for a in MONOTONE_CHECKED if (v := non_monotone(a)) is not None), default=None),
-            tol,
-        ),
-        "unbounded_failure": (get(("pgd_ce", ecfg.unbounded_eps)), m.unbounded_threshold),
+        "zero_grad_float32": (zero_f32, m.zero_grad_threshold),
+        "zero_grad_float64": (zero_f64, m.zero_grad_threshold),
+        "stabilisation_gap": (stabilisation_gap(acc, bounded), m.gap_threshold),
+        "single_step_beats_iterative": (single_step_beats_iterative(acc, bounded), m.tolerance),
+        "blackbox_beats_whitebox": (blackbox_beats_whitebox(acc, bounded, black_box), m.tolerance),
+        "eps_non_monotone": (eps_non_monotone(acc, bounded), m.tolerance),
+        "unbounded_failure": (acc.get(("pgd_ce", ecfg.unbounded_eps)), m.unbounded_threshold),
     }
-    for name, (value, threshold) in checks.items():
-        if value is not None:
-            out[name] = (value, value > threshold)
+    out = {name: (value, value > threshold) for name, (value, threshold) in checks.items()
+           if value is not None}  # fmt: skip
     suspected = any(flag for _, flag in out.values()) and not collapsed
     out["masking_suspected"] = (float(suspected), suspected)
     return out

@@ -38,8 +38,8 @@ NUMERICS = {
     "robust_acc_counts": "points correct on the clean input and on the attack's output",
     "transfer_surrogate": "the lambda = 0 twin: same architecture, activation, defence, seed and "
     "recipe, trained once per sweep (the model itself when lambda = 0)",
-    "robust_check": "per example the worse of PGD-CE and PGD-margin, float32, on a fixed prefix "
-    "of the evaluation subset",
+    "early_stopping_signal": "per example the worse of PGD-CE and PGD-margin, float32, on a fixed "
+    "prefix of the evaluation subset",
 }
 GRID_AXES = ("arch", "activation", "lam", "defence", "seed")  # what varies between trials
 MAX_WIDTH = 1 << 16  # units or channels of one layer: far beyond what fits these datasets
@@ -209,13 +209,13 @@ class DefenceSettings(Section):
     # pass the loss is trained on, so it costs nothing extra and saturates units where the
     # model is attacked; `clean` keeps the paper's objective at the price of one more forward
     penalty_on: Literal["adversarial", "clean"] = "adversarial"
-    # catastrophic-overfitting check each epoch: PGD (check_steps steps) accuracy on a fixed
-    # batch of check_size training points; it fires when it falls by more than check_drop
-    # below its best epoch so far (Wong et al.'s early-stopping signal)
-    check_size: int = Field(100, ge=1, le=100_000, **fix("use e.g. 100"))
-    check_steps: int = Field(10, ge=1, le=1000, **fix("use e.g. 10"))
-    check_drop: float = Field(0.2, gt=0, le=1, **fix("use e.g. 0.2"))
-    keep_best: bool = False  # the remedy: end with the weights of the best epoch by that check
+    # the catastrophic-overfitting watch each epoch: PGD (overfit_steps steps) accuracy on a
+    # fixed batch of overfit_size training points; it fires when it falls by more than
+    # overfit_drop below its best epoch so far (Wong et al.'s signal)
+    overfit_size: int = Field(100, ge=1, le=100_000, **fix("use e.g. 100"))
+    overfit_steps: int = Field(10, ge=1, le=1000, **fix("use e.g. 10"))
+    overfit_drop: float = Field(0.2, gt=0, le=1, **fix("use e.g. 0.2"))
+    keep_best: bool = False  # the remedy: end with the weights of the best epoch by that watch
 
     @property
     def alpha(self) -> float:
@@ -274,12 +274,13 @@ class EvaluationSettings(Section):
     # attacks' heap grows with it: up to ~1,000 x one batch of inputs (trainables/worker_memory.py)
     attack_batch_size: int = Field(500, ge=1, le=1 << 20, **fix("use e.g. 500"))
     every_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, **fix("use 0 to turn off"))  # FGSM, PGD-CE
-    # the per-epoch robust check, measured where ASHA ranks by it (`scheduler.metric`): per
-    # example, the worse of PGD-CE and PGD-margin (check_steps steps) at check_eps on the first
-    # check_size evaluation points; the margin loss keeps softmax saturation from inflating it
-    check_size: int = Field(100, ge=0, le=100_000, **fix("use e.g. 100, or 0 to turn it off"))
-    check_steps: int = Field(10, ge=1, le=1000, **fix("use e.g. 10"))
-    check_eps: Eps = 0.1
+    # the early-stopping signal, measured each epoch where ASHA ranks by it (`scheduler.metric`):
+    # per example, the worse of PGD-CE and PGD-margin (stopping_steps steps) at stopping_eps on
+    # the first stopping_size evaluation points; the margin loss keeps softmax saturation from
+    # inflating it
+    stopping_size: int = Field(100, ge=0, le=100_000, **fix("use e.g. 100, or 0 to turn it off"))
+    stopping_steps: int = Field(10, ge=1, le=1000, **fix("use e.g. 10"))
+    stopping_eps: Eps = 0.1
     masking: MaskingSettings = MaskingSettings()
     # collapsed: the most predicted class covers >= collapse_share of the evaluation points,
     # or clean accuracy <= collapse_chance_factor / classes
@@ -288,11 +289,11 @@ class EvaluationSettings(Section):
 
 
 class AuditSettings(Section):
-    """Square and AutoAttack `standard` after the grid, on the top-k and every flagged trial."""
+    """Square and AutoAttack `standard` after the grid, on the top-k trials by the selection rule
+    (the spec's `selection`) and every flagged trial."""
 
     enabled: bool = True
     top_k: int = Field(2, ge=0, le=1_000_000, **fix("use 0 to audit flagged trials only"))
-    rank_eps: Eps | None = None  # ranks the top k (default: 0.1 if evaluated, else the largest)
     size: int = Field(1000, ge=1, le=1 << 24, **fix("use e.g. 1000"))  # contains evaluation set
     eps: list[Eps] | None = Field(None, min_length=1)  # default: evaluation.eps
     attacks: list[AuditAttack] = list(AUDIT_ATTACKS)

@@ -23,7 +23,7 @@ import torch
 from tracking import metric_names as names
 from trainables.activations import activation as activation_entry
 from trainables.data import Dataset, fixed_subset
-from trainables.defences import eps_in_force, pgd_check, training_terms
+from trainables.defences import eps_in_force, pgd_accuracy, training_terms
 from trainables.diagnostics import saturated_units, weight_kurtosis
 from trainables.models import SaturatingNet
 from trainables.penalty import effective_lambda
@@ -39,7 +39,7 @@ class TrainingDiverged(ArithmeticError):
 
     def __init__(self, epoch: int, metrics: dict):
         self.epoch, self.metrics = epoch, metrics
-        super().__init__(f"training diverged in epoch {epoch}: loss = {metrics['loss']}")
+        super().__init__(f"training diverged in epoch {epoch}: loss = {metrics[names.LOSS]}")
 
 
 @dataclass
@@ -47,8 +47,9 @@ class TrainState:
     model: SaturatingNet
     optimizer: torch.optim.Optimizer
     epoch: int  # epochs completed
-    # the catastrophic-overfitting check's best epoch so far, and its weights when keep_best
-    best_check: float = -1.0
+    # the overfitting watch's best epoch so far, and its weights when keep_best (checkpointed:
+    # a resumed trial must undo a collapse with the weights it would have kept)
+    best_watch: float = -1.0
     best_epoch: int = 0
     best_weights: dict | None = None
     # wall-clock training time of the epochs this process ran (resets on resume)
@@ -123,19 +124,19 @@ def train_one_epoch(cfg: TrialSettings, data: Dataset, state: TrainState, epoch:
             totals.add_(torch.stack([loss, ce, penalty, correct]), alpha=len(y))
     loss_mean, ce_mean, penalty_mean, train_acc = (totals / n).tolist()
     metrics = {
-        "loss": loss_mean,
-        "cross_entropy": ce_mean,  # the data term: CE on the inputs trained on (+ beta KL, TRADES)
-        "penalty": penalty_mean,
-        "effective_lambda": lam_t,
-        "train_acc": train_acc,  # on the inputs trained on: adversarial ones under a defence
+        names.LOSS: loss_mean,
+        names.CROSS_ENTROPY: ce_mean,
+        names.PENALTY: penalty_mean,
+        names.EFFECTIVE_LAMBDA: lam_t,
+        names.TRAIN_ACC: train_acc,
     }
     if cfg.defence.kind != "none":
-        metrics["defence_eps"] = eps_t
+        metrics[names.DEFENCE_EPS] = eps_t
     return metrics
 
 
 @torch.no_grad()
-def evaluate(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> dict:
+def clean_metrics(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> dict:
     """Test accuracy (`clean_acc`) and, from the same forward pass, per-layer saturation (and,
     where the activation has one, the fraction of units past its float32-flat point)."""
     model.eval()
@@ -165,16 +166,16 @@ def evaluate(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> dict:
 
 
 def train(
-    cfg: TrialSettings, data: Dataset, state: TrainState, robust_check: bool = False
+    cfg: TrialSettings, data: Dataset, state: TrainState, early_stopping: bool = False
 ) -> Iterator[dict]:
     """Train from `state.epoch + 1` to `cfg.training.epochs`, yielding each epoch's metrics; raises
     TrainingDiverged (with the epoch's training metrics) once the loss is NaN or infinite.
-    `robust_check`: measure the per-epoch robust check too; only a trial that ASHA ranks by it
+    `early_stopping`: measure the early-stopping signal too; only a trial that ASHA ranks by it
     asks, because on small data it costs up to half an epoch."""
-    check = _check_points(cfg, data)
-    robust_points = _robust_check_points(cfg, data) if robust_check else None
+    watch = _overfit_points(cfg, data)
+    stopping_points = _stopping_points(cfg, data) if early_stopping else None
     for epoch in range(state.epoch + 1, cfg.training.epochs + 1):
-        metrics = {"epoch": epoch}
+        metrics = {names.EPOCH: epoch}
         start = time.perf_counter()
         metrics.update(train_one_epoch(cfg, data, state, epoch))  # ends with a host sync
         metrics[names.TRAIN_SECONDS] = time.perf_counter() - start
@@ -182,58 +183,60 @@ def train(
         state.epochs_trained += 1
         metrics[names.SECONDS_PER_EPOCH] = state.seconds_trained / state.epochs_trained
         metrics[names.EPOCHS_RUN] = state.epochs_run_before + state.epochs_trained
-        if not math.isfinite(metrics["loss"]):
+        if not math.isfinite(metrics[names.LOSS]):
             raise TrainingDiverged(epoch, metrics)
-        if check is not None:
-            metrics.update(_overfitting_check(cfg, state, check, epoch))
-        if robust_points is not None:
-            metrics[names.ROBUST_CHECK] = _robust_check(cfg, state, robust_points)
+        if watch is not None:
+            metrics.update(_watch_overfitting(cfg, state, watch, epoch))
+        if stopping_points is not None:
+            metrics[names.EARLY_STOPPING] = _early_stopping_signal(cfg, state, stopping_points)
         state.epoch = epoch
         if epoch == cfg.training.epochs and state.best_weights is not None:
             if state.best_epoch != epoch:  # the remedy: end on the best epoch before a collapse
                 state.model.load_state_dict(state.best_weights)
-            metrics["kept_epoch"] = state.best_epoch
-        metrics.update(evaluate(cfg, data, state.model))
+            metrics[names.KEPT_EPOCH] = state.best_epoch
+        metrics.update(clean_metrics(cfg, data, state.model))
         yield metrics
 
 
-def _check_points(cfg: TrialSettings, data: Dataset):
-    """The fixed training batch of the catastrophic-overfitting check (None without a defence)."""
+def _overfit_points(cfg: TrialSettings, data: Dataset):
+    """The fixed training batch of the overfitting watch (None without a defence)."""
     d = cfg.defence
     if d.kind == "none":
         return None
-    idx = fixed_subset(len(data.y_train), d.check_size, cfg.seed).to(data.y_train.device)
+    idx = fixed_subset(len(data.y_train), d.overfit_size, cfg.seed).to(data.y_train.device)
     return data.x_train[idx], data.y_train[idx]
 
 
-def _robust_check_points(cfg: TrialSettings, data: Dataset):
-    """The first `check_size` evaluation points (None when the check is off)."""
+def _stopping_points(cfg: TrialSettings, data: Dataset):
+    """The first `stopping_size` evaluation points (None when the signal is off)."""
     e = cfg.evaluation
-    if e.check_size == 0:
+    if e.stopping_size == 0:
         return None
-    idx = fixed_subset(len(data.y_test), min(e.check_size, e.size), e.seed)
+    idx = fixed_subset(len(data.y_test), min(e.stopping_size, e.size), e.seed)
     idx = idx.to(data.y_test.device)
     return data.x_test[idx], data.y_test[idx]
 
 
-def _robust_check(cfg: TrialSettings, state: TrainState, points) -> float:
+def _early_stopping_signal(cfg: TrialSettings, state: TrainState, points) -> float:
     e = cfg.evaluation
-    return pgd_check(state.model, *points, e.check_eps, e.check_steps, e.seed, ("ce", "margin"))
+    return pgd_accuracy(
+        state.model, *points, e.stopping_eps, e.stopping_steps, e.seed, ("ce", "margin")
+    )
 
 
-def _overfitting_check(cfg: TrialSettings, state: TrainState, check, epoch: int) -> dict:
-    """PGD accuracy on the check batch; `catastrophic_overfitting` is 1 in an epoch where it
-    falls more than `check_drop` below the best epoch so far (Wong et al. 2020)."""
+def _watch_overfitting(cfg: TrialSettings, state: TrainState, watch, epoch: int) -> dict:
+    """PGD accuracy on the watch batch; `catastrophic_overfitting` is 1 in an epoch where it
+    falls more than `overfit_drop` below the best epoch so far (Wong et al. 2020)."""
     d = cfg.defence
-    acc = pgd_check(state.model, *check, d.eps, d.check_steps, cfg.seed)
-    collapsed = acc < state.best_check - d.check_drop
-    if acc > state.best_check:
-        state.best_check, state.best_epoch = acc, epoch
+    acc = pgd_accuracy(state.model, *watch, d.eps, d.overfit_steps, cfg.seed)
+    collapsed = acc < state.best_watch - d.overfit_drop
+    if acc > state.best_watch:
+        state.best_watch, state.best_epoch = acc, epoch
         if d.keep_best:
             state.best_weights = {
                 k: v.detach().clone() for k, v in state.model.state_dict().items()
             }
-    return {"robust_check/train_pgd_acc": acc, names.CATASTROPHIC_OVERFITTING: float(collapsed)}
+    return {names.OVERFITTING: acc, names.CATASTROPHIC_OVERFITTING: float(collapsed)}
 
 
 def save_checkpoint(path: Path, state: TrainState, extra: dict | None = None) -> None:
@@ -243,6 +246,10 @@ def save_checkpoint(path: Path, state: TrainState, extra: dict | None = None) ->
         "optimizer": state.optimizer.state_dict(),
         "epoch": state.epoch,
         "epochs_run": state.epochs_run_before + state.epochs_trained,
+        # the overfitting watch, so a resumed keep_best trial ends on the same weights
+        "best_watch": state.best_watch,
+        "best_epoch": state.best_epoch,
+        "best_weights": state.best_weights,
         "extra": extra or {},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -261,6 +268,9 @@ def load_checkpoint(path: Path, state: TrainState) -> dict:
         state.epoch = int(payload["epoch"])
         state.epochs_run_before = int(payload.get("epochs_run", state.epoch))
         state.epochs_trained = 0
+        state.best_watch = float(payload.get("best_watch", -1.0))
+        state.best_epoch = int(payload.get("best_epoch", 0))
+        state.best_weights = payload.get("best_weights")
     except Exception as err:  # truncated zip, wrong keys, wrong shapes: all mean "don't use it"
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {err}") from err
     return payload.get("extra", {})

@@ -1,5 +1,8 @@
 """The Ray Tune function trainable and the audit task: glue between the plain training loop and
-evaluation on one side and Ray and MLflow on the other. No evaluation logic lives here.
+evaluation on one side and Ray and MLflow on the other. It decides when to evaluate (the final
+epoch, `every_epochs`), what the twin store is (the sweep's runs) and what is logged where; what
+the numbers are (attacks, worst case, flags, the audit's merge) is computed in `evaluate.py`
+and `masking.py`, and this module only calls them and logs their results.
 
 Per epoch a trial logs metrics to its MLflow run, writes a checkpoint (model, optimiser, epoch,
 MLflow run id) and reports both to Tune. A restarted or restored trial resumes from its last
@@ -35,6 +38,7 @@ from tracking.runs import (
     version_tags,
 )
 from tracking.store import store_lock
+from tracking.twin_store import MlflowTwinStore
 from trainables.data import Dataset, load_dataset
 from trainables.evaluate import (
     audit_metrics,
@@ -43,8 +47,8 @@ from trainables.evaluate import (
     merge_audit,
     per_example_record,
     quick_evaluation,
+    robustness_curves_data,
     run_attacks,
-    worst_case,
 )
 from trainables.models import export_program
 from trainables.plots import preactivation_histograms, robustness_curves
@@ -57,7 +61,7 @@ from trainables.settings import (
 from trainables.train import (
     TrainingDiverged,
     TrainState,
-    evaluate,
+    clean_metrics,
     load_checkpoint,
     new_state,
     pick_device,
@@ -65,7 +69,7 @@ from trainables.train import (
     save_checkpoint,
     train,
 )
-from trainables.twins import SweepRuns, transfer_twin
+from trainables.twins import transfer_twin
 from trainables.worker_memory import MIB, begin_trial, read_memory, release_freed_memory
 
 CHECKPOINT_FILE = "state.pt"
@@ -73,10 +77,10 @@ PER_EXAMPLE_ARTIFACT = "robustness/per_example.json"
 CURVES_ARTIFACT = "robustness/curves.png"
 AUDIT_SECONDS = "audit_task_seconds"  # returned to the driver, not logged
 # Tune's console table shows the first four metrics of a report: the headline ones go first.
-HEADLINE_METRICS = (names.EPOCH, names.CLEAN_ACC, "train_acc", "effective_lambda")
+HEADLINE_METRICS = (names.EPOCH, names.CLEAN_ACC, names.TRAIN_ACC, names.EFFECTIVE_LAMBDA)
 # Tune refuses a report without the metric it ranks by: reports that have no measurement of
 # it (a finished trial's replay, a diverged trial) carry NaN
-UNMEASURED = {names.CLEAN_ACC: float("nan"), names.ROBUST_CHECK: float("nan")}
+UNMEASURED = {names.CLEAN_ACC: float("nan"), names.EARLY_STOPPING: float("nan")}
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class SweepContext:
     parent_run_id: str
     git_commit: str
     cpus_per_trial: float
-    robust_check: bool  # ASHA ranks by it: measure it every epoch
+    early_stopping: bool  # ASHA ranks by the early-stopping signal: measure it every epoch
 
     def trial(self, config: dict) -> TrialSettings:
         return TrialSettings.at(
@@ -104,6 +108,15 @@ class SweepContext:
             seed=int(config["seed"]),
             defence=self.defences[config["defence"]],
         )
+
+
+@dataclass(frozen=True)
+class SweepRuns:
+    """Where a trial's sweep lives in MLflow."""
+
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
 
 
 def _prepare_worker(context: SweepContext) -> torch.device:
@@ -126,7 +139,8 @@ def final_evaluation(
     idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
     x, y = data.x_test[idx], data.y_test[idx]
     start = time.perf_counter()
-    twin = transfer_twin(cfg, data, state, runs, run_id) if "transfer" in e.attacks else None
+    store = MlflowTwinStore(client, runs.experiment_id, runs.parent_run_id, run_id)
+    twin = transfer_twin(cfg, data, state, store) if "transfer" in e.attacks else None
     surrogate_seconds = time.perf_counter() - start
     metrics, diagnostics, results = evaluate_robustness(
         state.model, x, y, cfg, twin.model if twin else None
@@ -140,18 +154,17 @@ def final_evaluation(
     threshold = cfg.training.saturation_threshold
     figure = preactivation_histograms(state.model, x, threshold, cfg.run_name)
     client.log_figure(run_id, figure, "saturation/preactivation_histograms.png")
-    log_curves(client, run_id, results, cfg.run_name)
+    log_curves(client, run_id, results, cfg, cfg.run_name)
     raised = [n for n, (_, flag) in diagnostics.items() if flag and n != names.MASKING_SUSPECTED]
     return metrics, raised
 
 
-def log_curves(client: MlflowClient, run_id: str, results: list, title: str) -> None:
+def log_curves(
+    client: MlflowClient, run_id: str, results: list, cfg: TrialSettings, title: str
+) -> None:
     """The trial's robustness curves over the bounded budgets (re-drawn after an audit)."""
-    bounded = [r for r in results if r.eps < 1]
-    accuracy = {(r.attack, r.eps): r.accuracy for r in bounded}
-    worst = {e: worst_case(bounded, e).float().mean().item() for e in {r.eps for r in bounded}}
-    figure = robustness_curves(accuracy, worst, title)
-    client.log_figure(run_id, figure, CURVES_ARTIFACT)
+    accuracy, worst = robustness_curves_data(results, cfg.evaluation.unbounded_eps)
+    client.log_figure(run_id, robustness_curves(accuracy, worst, title), CURVES_ARTIFACT)
 
 
 def log_model(
@@ -223,7 +236,7 @@ def _audit_in_run(
     log_epoch(client, run_id, metrics, step=cfg.training.epochs)
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.set_tag(run_id, AUDITED_TAG, "true")
-    log_curves(client, run_id, merged, f"{cfg.run_name} (audited)")
+    log_curves(client, run_id, merged, cfg, f"{cfg.run_name} (audited)")
     audit_info = {"audit_indices": audit_idx.tolist(), **cfg.audit.model_dump(mode="json")}
     client.log_dict(run_id, audit_info, "robustness/audit.json")
     return metrics
@@ -281,12 +294,12 @@ def _train_in_run(
             load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
     try:
         runs = SweepRuns(client, context.experiment_id, context.parent_run_id)
-        _train_and_report(cfg, data, state, runs, run_id, context.robust_check)
+        _train_and_report(cfg, data, state, runs, run_id, context.early_stopping)
     except TrainingDiverged as err:  # a result, not a crash: keep what was logged, go on
         final = UNMEASURED | {
             names.EPOCH: err.epoch,
-            names.CLEAN_ACC: evaluate(cfg, data, state.model)[names.CLEAN_ACC],
-            "diverged_at_epoch": err.epoch,
+            names.CLEAN_ACC: clean_metrics(cfg, data, state.model)[names.CLEAN_ACC],
+            names.DIVERGED_AT_EPOCH: err.epoch,
             **err.metrics,
         }
         log_epoch(client, run_id, final, step=err.epoch)
@@ -326,7 +339,7 @@ def _train_and_report(
     state: TrainState,
     runs: SweepRuns,
     run_id: str,
-    robust_check: bool,
+    early_stopping: bool,
 ) -> None:
     """Each epoch: metrics to MLflow, then to Tune with a checkpoint every `checkpoint_every`
     epochs and at the last one (after the final evaluation). The run is finished before the
@@ -334,7 +347,7 @@ def _train_and_report(
     does at its last rung), so no code after it is sure to run."""
     client, epochs, every = runs.client, cfg.training.epochs, cfg.evaluation.every_epochs
     overfitted = False
-    for metrics in train(cfg, data, state, robust_check):
+    for metrics in train(cfg, data, state, early_stopping):
         flags = {}
         if state.epoch == epochs:
             final, raised = final_evaluation(cfg, data, state, runs, run_id)

@@ -8,8 +8,11 @@ Where the twin comes from, in order:
    the twin for the sweep and logged it;
 3. the twin is being trained right now (its trial runs, or another trial claimed it): wait for
    it, at most about as long as this trial's own training took, then go on to 4;
-4. train it here, claim it first (a tag on this run) so no other trial trains it too, and log
-   its weights for the trials that need it later.
+4. train it here, claim it first so no other trial trains it too, and share its weights for
+   the trials that need it later.
+
+All of that goes through a `TwinStore` (in a sweep, the sweep's MLflow runs), so this logic is
+tested without MLflow.
 
 Training is seeded, so every route yields the same model (bit for bit on a CPU). A twin trial
 that ASHA stopped early, that failed or diverged never logs final weights: the first trial that
@@ -22,24 +25,38 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from mlflow.tracking import MlflowClient
 from torch import nn
 
-from tracking.runs import (
-    TWIN_CLAIM_TAG,
-    TWIN_TAG,
-    TWIN_WEIGHTS,
-    twin_in_training,
-    twin_weights,
-)
 from trainables.data import Dataset
 from trainables.settings import TrialSettings
 from trainables.train import TrainingDiverged, TrainState, new_state, train
 
 POLL_SECONDS = 2.0
 WAIT_FLOOR_SECONDS = 60.0  # a twin that started first needs at most about our own training time
+WEIGHTS_FILE = "state_dict.pt"
+
+
+class TwinStore(Protocol):
+    """Where a sweep's twins are found and shared (in a sweep: its MLflow runs,
+    `tracking.twin_store.MlflowTwinStore`, built by the trainable)."""
+
+    def weights_file(self, twin_name: str, folder: str) -> str | None:
+        """The trained twin's state_dict file, fetched into `folder`; None while there is none."""
+
+    def in_training(self, twin_name: str) -> bool:
+        """Is some trial training it right now (its own, or one that claimed it)?"""
+
+    def claim(self, twin_name: str) -> None:
+        """This trial trains it: others wait instead of training it too."""
+
+    def release(self, twin_name: str) -> None:
+        """This trial gave up training it (its training diverged)."""
+
+    def publish(self, twin_name: str, weights_file: str) -> None:
+        """Share the weights this trial trained, under the twin's name."""
 
 
 @dataclass
@@ -49,18 +66,7 @@ class Twin:
     wait_seconds: float  # time spent waiting for another trial to finish it
 
 
-@dataclass(frozen=True)
-class SweepRuns:
-    """Where a sweep's runs live: enough to find a twin's run."""
-
-    client: MlflowClient
-    experiment_id: str
-    parent_run_id: str
-
-
-def transfer_twin(
-    cfg: TrialSettings, data: Dataset, state: TrainState, runs: SweepRuns, run_id: str
-) -> Twin:
+def transfer_twin(cfg: TrialSettings, data: Dataset, state: TrainState, store: TwinStore) -> Twin:
     """The trained lambda = 0 twin of this trial (see the module docstring for the order)."""
     if cfg.lam == 0:
         return Twin(state.model, 0, 0.0)
@@ -70,21 +76,20 @@ def transfer_twin(
     limit = WAIT_FLOOR_SECONDS + per_epoch * cfg.training.epochs
     start = time.perf_counter()
     while True:
-        found = twin_weights(runs.client, runs.experiment_id, runs.parent_run_id, name)
+        found = load_twin(twin_cfg, data, store)
         if found is not None:
-            return Twin(load_twin(twin_cfg, data, runs.client, *found), 0, _since(start))
-        training = twin_in_training(runs.client, runs.experiment_id, runs.parent_run_id, name)
-        if not training or _since(start) > limit:
+            return Twin(found, 0, _since(start))
+        if not store.in_training(name) or _since(start) > limit:
             break
         time.sleep(POLL_SECONDS)
     waited = _since(start)
-    runs.client.set_tag(run_id, TWIN_CLAIM_TAG, name)
+    store.claim(name)
     try:
         model = train_twin(twin_cfg, data)
     except TrainingDiverged as err:  # the epochs it ran were still spent
-        runs.client.delete_tag(run_id, TWIN_CLAIM_TAG)
+        store.release(name)
         return Twin(None, err.epoch, waited)
-    log_twin(runs.client, run_id, model, name)
+    share_twin(store, model, name)
     return Twin(model, cfg.training.epochs, waited)
 
 
@@ -100,23 +105,20 @@ def train_twin(twin_cfg: TrialSettings, data: Dataset) -> nn.Module:
     return twin.model.eval()
 
 
-def load_twin(
-    twin_cfg: TrialSettings, data: Dataset, client: MlflowClient, run_id: str, path: str
-) -> nn.Module:
-    """The twin's logged weights in a fresh model of its architecture."""
-    model = new_state(twin_cfg, data, data.x_train.device).model
+def load_twin(twin_cfg: TrialSettings, data: Dataset, store: TwinStore) -> nn.Module | None:
+    """The twin's stored weights in a fresh model of its architecture, or None."""
     with tempfile.TemporaryDirectory() as folder:
-        local = client.download_artifacts(run_id, path, folder)
+        local = store.weights_file(twin_cfg.run_name, folder)
+        if local is None:
+            return None
         weights = torch.load(local, map_location=data.x_train.device, weights_only=True)
+    model = new_state(twin_cfg, data, data.x_train.device).model
     model.load_state_dict(weights)
     return model.eval()
 
 
-def log_twin(client: MlflowClient, run_id: str, model: nn.Module, name: str) -> None:
-    """The twin's weights on this trial's run, then the tag that lets other trials find them
-    (in that order: a tag never points at weights not yet written)."""
+def share_twin(store: TwinStore, model: nn.Module, name: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        file = Path(folder) / Path(TWIN_WEIGHTS).name
+        file = Path(folder) / WEIGHTS_FILE
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, file)
-        client.log_artifact(run_id, str(file), str(Path(TWIN_WEIGHTS).parent))
-    client.set_tag(run_id, TWIN_TAG, name)
+        store.publish(name, str(file))

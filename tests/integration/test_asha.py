@@ -22,7 +22,7 @@ SPEC = {
     "training": {"epochs": EPOCHS, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
                  "penalty": {"schedule": "constant", "warmup_epochs": 0}},
     "evaluation": {"size": 100, "eps": [0.1], "pgd_steps": 5, "apgd_iterations": 5,
-                   "noise_draws": 5, "check_size": 50, "check_steps": 5},
+                   "noise_draws": 5, "stopping_size": 50, "stopping_steps": 5},
     "audit": {"top_k": 1, "size": 100, "square_queries": 50},
     "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
 }  # fmt: skip
@@ -43,7 +43,7 @@ def test_stopped_trials_end_finished_and_say_so(sweep):
     ran = [r for r in trials.values() if r.data.metrics["training_epochs_run"] == EPOCHS]
     assert all(r.data.tags["satsweep.status"] == "finished" for r in ran)
     for run in trials.values():  # the metric ASHA ranks by, every epoch the trial ran
-        history = client.get_metric_history(run.info.run_id, "robust_check/eval_pgd_acc")
+        history = client.get_metric_history(run.info.run_id, "early_stopping/eval_pgd_acc")
         assert len(history) == len({m.step for m in history}) >= 1
         assert all(0 <= m.value <= 1 for m in history)
 

@@ -43,6 +43,20 @@ def alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
+def two_trial_spec(name: str) -> dict:
+    """Two short trials, one per node, the top one audited: a sweep that crosses nodes."""
+    return {
+        "name": name,
+        "grid": {"architectures": [{"kind": "mlp", "hidden": [32]}],
+                 "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
+        "training": {"epochs": 5, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
+                     "penalty": {"schedule": "constant"}},
+        "evaluation": {"size": 50, "eps": [0.1], "attacks": ["fgsm", "pgd_ce"], "pgd_steps": 5},
+        "audit": {"top_k": 1, "size": 60, "square_queries": 20, "attacks": ["square"]},
+        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
+    }  # fmt: skip
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
@@ -84,17 +98,7 @@ def test_sweep_on_two_nodes_logs_everything_through_the_server(
 ):
     url, server = mlflow_server
     cluster, ray_pids = two_node_cluster
-    spec = {
-        "name": "cluster-sweep",
-        "grid": {"architectures": [{"kind": "mlp", "hidden": [32]}],
-                 "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
-        "training": {"epochs": 5, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
-                     "penalty": {"schedule": "constant"}},
-        "evaluation": {"size": 50, "eps": [0.1], "attacks": ["fgsm", "pgd_ce"], "pgd_steps": 5},
-        "audit": {"top_k": 1, "size": 60, "square_queries": 20, "attacks": ["square"]},
-        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
-    }  # fmt: skip
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(two_trial_spec("cluster-sweep")))
     out = subprocess.run(
         [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--address", cluster.address,
          "--tracking-uri", url, "--storage-path", str(tmp_path / "results")],

@@ -62,7 +62,7 @@ def test_each_defence_is_a_param_and_in_the_run_name(sweep):
 def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
     client, trials, _, _ = sweep
     run_id = trials["fgsm_rs"].info.run_id
-    checks = client.get_metric_history(run_id, "robust_check/train_pgd_acc")
+    checks = client.get_metric_history(run_id, "overfitting/train_pgd_acc")
     assert sorted(m.step for m in checks) == [1, 2, 3]
     assert len(client.get_metric_history(run_id, "catastrophic_overfitting")) == 3
     assert 1 <= trials["fgsm_rs"].data.metrics["kept_epoch"] <= 3

@@ -2,9 +2,11 @@
 a real Ray instance and a real SQLite MLflow store."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,7 +20,7 @@ def slow_spec(name: str) -> dict:
         "name": name,
         "grid": {"architectures": [{"kind": "mlp", "hidden": [64]}],
                  "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
-        "training": {"epochs": 40, "batch_size": 16},
+        "training": {"epochs": 150, "batch_size": 16},  # long enough to be interrupted
         "evaluation": FAST_EVAL, "audit": {"enabled": False},
         "resources": {"max_concurrent_trials": 2},
     }  # fmt: skip
@@ -43,6 +45,7 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_resumes(tmp_path, how):
             300,
             "a trial's first epoch",
         )
+        assert proc.poll() is None, "the sweep ended before the interrupt: the test proves nothing"
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -107,3 +110,56 @@ def test_two_sweeps_started_together_on_a_new_store_both_finish(tmp_path):
         ))  # fmt: skip
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+
+
+def test_a_resumed_sweep_counts_each_launchs_own_work_and_shows_the_grids_progress(tmp_path):
+    """A real SIGTERM after two trials, an idle gap, then --resume: progress goes on from where
+    the grid stopped, the sweep's wall time leaves the gap out, utilisation stays at most 1,
+    and audits begin while the resumed grid runs (masking thresholds at 0 flag every trial)."""
+    name = "resume-counts"
+    spec = {
+        "name": name,
+        "grid": {"architectures": [{"kind": "mlp", "hidden": [64]}],
+                 "activations": ["relu", "sigmoid"], "lambdas": [0.0, 0.5, 1.0]},
+        "training": {"epochs": 25, "batch_size": 16},
+        "evaluation": FAST_EVAL | {"attacks": ["fgsm", "fgsm_stable", "pgd_ce", "pgd_margin"],
+                                   "masking": {"gap_threshold": 0.0, "tolerance": 0.0,
+                                               "zero_grad_threshold": 0.0}},
+        "audit": {"size": 50, "square_queries": 20, "attacks": ["square"], "top_k": 1},
+        "resources": {"max_concurrent_trials": 1},
+    }  # fmt: skip
+    client = write_spec(tmp_path, spec)
+    began = time.monotonic()
+    proc = start(tmp_path)
+    try:
+        finished = lambda: [r for r in trial_runs(client, name) if r.info.status == "FINISHED"]  # noqa: E731
+        wait_for(lambda: len(finished()) >= 2, 600, "two finished trials")
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    done_before = len(finished())
+    idle = 8.0
+    time.sleep(idle)  # the gap between the crash and --resume is what is under test
+    resumed = start(tmp_path, "--resume")
+    out, _ = resumed.communicate(timeout=900)
+    elapsed = time.monotonic() - began
+    assert resumed.returncode == 0, out[-3000:]
+    counts = [int(line[1:].split("/")[0]) for line in out.splitlines() if line.startswith("[")]
+    # the count goes on from the grid's state (Tune's snapshot may lag MLflow by a trial, whose
+    # finished run then returns at once and is counted again), never from [1/6]
+    assert 1 < counts[0] <= done_before + 1 and counts == list(range(counts[0], 7)), counts
+    assert "over 2 launches" in out
+    begun = re.search(r"\((\d+) begun while the grid ran\)", out)
+    assert begun and int(begun.group(1)) >= 1, out[-3000:]
+    (parent,) = client.search_runs([trial_runs(client, name)[0].info.experiment_id],
+                                   "tags.`satsweep.role` = 'sweep'")  # fmt: skip
+    m = parent.data.metrics
+    assert m["sweep/wall_seconds"] <= elapsed - 0.9 * idle  # the idle gap is in no launch
+    assert 0 < m["sweep/slot_utilisation"] <= 1.0
+    assert m["sweep/busy_seconds"] <= m["sweep/slots"] * m["sweep/wall_seconds"]
+    launches = client.get_metric_history(parent.info.run_id, "sweep/launch_wall_seconds")
+    assert sorted(x.step for x in launches) == [0, 1]
+    assert sum(x.value for x in launches) == pytest.approx(m["sweep/wall_seconds"], rel=1e-6)

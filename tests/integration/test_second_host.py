@@ -33,6 +33,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.integration.test_cluster import two_trial_spec
+
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
 BIN = Path(sys.executable).parent
@@ -209,16 +211,7 @@ def hosts(tmp_path_factory):
 
 
 def run(tmp_path, hosts: Hosts, name: str, tracking: str, env: dict | None = None):
-    spec = {
-        "name": name,
-        "grid": {"architectures": [{"kind": "mlp", "hidden": [32]}],
-                 "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
-        "training": {"epochs": 5, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
-                     "penalty": {"schedule": "constant"}},
-        "evaluation": {"size": 50, "eps": [0.1], "attacks": ["fgsm", "pgd_ce"], "pgd_steps": 5},
-        "audit": {"top_k": 1, "size": 60, "square_queries": 20, "attacks": ["square"]},
-        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
-    }  # fmt: skip
+    spec = two_trial_spec(name)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     return subprocess.run(
         [sys.executable, "-m", "sweeps.cli", "run", "spec.yaml", "--address", hosts.ray,

@@ -116,7 +116,7 @@ def test_every_trial_logs_clean_acc_per_epoch(finished_sweep):
     for t in trials:
         history = client.get_metric_history(t.info.run_id, "clean_acc")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
-        assert "robust_check/eval_pgd_acc" not in t.data.metrics  # only ASHA pays for it
+        assert "early_stopping/eval_pgd_acc" not in t.data.metrics  # only ASHA pays for it
         assert all(0.0 <= m.value <= 1.0 for m in history)
         lam = sorted(
             client.get_metric_history(t.info.run_id, "effective_lambda"), key=lambda m: m.step

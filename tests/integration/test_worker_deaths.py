@@ -18,18 +18,10 @@ import time
 
 import pytest
 
+from tests.integration.test_cluster import alive
 from tests.integration.test_faults import FAST_EVAL, start, trial_runs, wait_for, write_spec
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, only not reaped yet
-        return f.read().split()[2] != "Z"
 
 
 def one_slot_spec(name: str, epochs: int, max_failures: int = 1) -> dict:

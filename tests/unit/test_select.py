@@ -9,10 +9,12 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+from benchmarks.big_store import JUDGED_BY  # the thresholds a real trial logs
 from tracking.select import (
     SelectionError,
+    SelectionRule,
     best_run_id,
-    load_candidates,
+    load_sweep,
     pareto_front,
     select_best,
     verdict,
@@ -69,7 +71,8 @@ def store(tmp_path_factory):
             },
         )
         rid = run.info.run_id
-        for key, value in (("lam", "1.0"), ("arch.name", "mlp-8"), ("activation", "relu")):
+        params = {"lam": "1.0", "arch.name": "mlp-8", "activation": "relu", **JUDGED_BY}
+        for key, value in params.items():
             client.log_param(rid, key, value)
         for key, value in (
             ("clean_acc", clean),
@@ -89,10 +92,13 @@ def test_an_audited_flagged_trial_is_not_hidden_by_its_flag(store):
     assert best_run_id(uri, "synth") == ids["g"]
 
 
+def trials(uri: str) -> list:
+    return list(load_sweep(MlflowClient(uri), "synth").trials.values())
+
+
 def verdicts(uri: str, **rule) -> dict[str, tuple[bool, str]]:
-    _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
-    rule = {"min_clean_acc": 0.9, "include_flagged": False} | rule
-    return {c.run_name: verdict(c, **rule) for c in candidates}
+    rule = SelectionRule(**({"eps": 0.1} | rule))
+    return {t.name: verdict(t, rule) for t in trials(uri)}
 
 
 def test_each_trial_is_in_or_out_for_a_stated_reason(store):
@@ -112,9 +118,8 @@ def test_each_trial_is_in_or_out_for_a_stated_reason(store):
 
 def test_ties_go_to_clean_accuracy(store):
     uri, ids, _ = store
-    _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
-    plain = [c for c in candidates if c.run_name in ("a", "d")]
-    assert select_best(plain, 0.9, False).run_id == ids["d"]  # d ties a on worst, wins clean
+    plain = [t for t in trials(uri) if t.name in ("a", "d")]
+    assert select_best(plain, SelectionRule(eps=0.1)).run_id == ids["d"]  # ties a, wins clean
 
 
 def test_flagged_trials_count_when_asked(store):
@@ -132,8 +137,7 @@ def test_the_floor_is_honoured(store):
 
 def test_pareto_front_of_finished_uncollapsed_trials(store):
     uri, ids, _ = store
-    _, candidates = load_candidates(MlflowClient(uri), "synth", 0.1)
-    assert [c.run_id for c in pareto_front(candidates)] == [ids["h"], ids["b"]]
+    assert [t.run_id for t in pareto_front(trials(uri), 0.1)] == [ids["h"], ids["b"]]
 
 
 def test_unknown_sweep_and_missing_eps_are_explained(store):
@@ -200,29 +204,19 @@ def test_selection_pages_past_the_first_thousand_runs(tmp_path):
     from benchmarks.big_store import SWEEP, build
 
     uri, best = build(tmp_path, 2500)
-    _, candidates = load_candidates(MlflowClient(uri), SWEEP, 0.1)
-    assert len(candidates) == 2500
+    assert len(load_sweep(MlflowClient(uri), SWEEP).trials) == 2500
     assert best_run_id(uri, SWEEP) == best
 
 
-def test_the_driver_audits_the_champion_until_the_audit_confirms_it():
-    """The audit loop's rule is `select_best`'s: an unaudited champion is sent to the audit,
-    and the audit's (lower) worst case can hand the title to another trial."""
-    from types import SimpleNamespace
-
-    from sweeps.audit import _champion
-    from sweeps.spec import parse_spec
-
-    spec = parse_spec({"name": "s", "grid": {"architectures": [{"kind": "mlp", "hidden": [8]}],
-                       "activations": ["relu"], "lambdas": [0.0]}})  # fmt: skip
-
-    def result(worst, suspected=0.0):
-        return SimpleNamespace(metrics={"clean_acc": 0.95, "worst_case_acc/eps_0.1": worst,
-                                        "masking/masking_suspected": suspected})  # fmt: skip
-
-    finished = {"a": result(0.50), "b": result(0.40), "c": result(0.90, suspected=1.0)}
-    assert _champion(spec, finished, {}) == "a"  # c is flagged and unaudited: out
-    lowered = {"a": {"worst_case_acc/eps_0.1": 0.30, "masking/masking_suspected": 0.0}}
-    assert _champion(spec, finished, lowered) == "b"  # the audit beat a: b is next, unaudited
-    confirmed = {"c": {"worst_case_acc/eps_0.1": 0.60, "masking/masking_suspected": 1.0}}
-    assert _champion(spec, finished, confirmed) == "c"  # flagged, but audited: in
+def test_the_rule_is_the_sweeps_own_and_flags_override_it_saying_so(store):
+    """`best` judges a sweep by the rule it logged (`selection.*` on the sweep run); a flag
+    overrides one input and the command says which. (Last in the module: it logs a rule on the
+    shared store's sweep run.)"""
+    uri, ids, parent = store
+    client = MlflowClient(uri)
+    client.log_param(parent, "selection.min_clean_acc", "0.8")  # this sweep's floor
+    client.log_param(parent, "selection.eps", "0.1")
+    assert best_run_id(uri, "synth") == ids["c"]  # 0.85 clears the sweep's own 0.8
+    out = satsweep("best", "synth", "--tracking-uri", uri, "--min-clean-acc", "0.9")
+    assert out.returncode == 0 and "champion: g" in out.stdout
+    assert "--min-clean-acc 0.9 overrides the sweep's 0.8" in out.stderr

@@ -74,7 +74,8 @@ MALFORMED = [
     ("evaluation.attacks", ["fgsm", "boundary"], "evaluation.attacks[1]"),
     ("evaluation.masking.gap_threshold", 3.0, "evaluation.masking.gap_threshold"),
     ("audit.size", 10, "audit.size"),
-    ("audit.rank_eps", 0.25, "audit.rank_eps"),
+    ("selection.eps", 0.25, "selection.eps"),  # not an evaluation budget
+    ("selection.min_clean_acc", 1.5, "selection.min_clean_acc"),
     ("audit.attacks", ["fab"], "audit.attacks[0]"),
     ("dataset.name", "imagenet", "dataset.name"),
     ("dataset.name", "mnist", "dataset.data_dir"),
@@ -85,8 +86,8 @@ MALFORMED = [
     ("scheduler.name", "pbt", "scheduler.name"),
     ("scheduler.metric", "loss", "scheduler.metric"),
     ("scheduler.reduction_factor", 1, "scheduler.reduction_factor"),
-    ("evaluation.check_size", -1, "evaluation.check_size"),
-    ("evaluation.check_eps", 0.0, "evaluation.check_eps"),
+    ("evaluation.stopping_size", -1, "evaluation.stopping_size"),
+    ("evaluation.stopping_eps", 0.0, "evaluation.stopping_eps"),
     ("storage_path", "", "storage_path"),
 ]
 
@@ -264,13 +265,44 @@ def test_defences_mnist_spec_answers_the_papers_question():
     assert 0.0 in spec.grid.lambdas and {"relu", "sigmoid"} <= set(spec.grid.activations)
 
 
-def test_asha_on_the_robust_check_needs_the_check_on():
-    spec = with_change("scheduler", {"name": "asha", "metric": "robust_check"})
-    spec["evaluation"] = {"check_size": 0}
-    with pytest.raises(SpecError, match=r"scheduler.metric: .*check_size is 0.*Fix:"):
+def test_asha_on_the_robust_signal_needs_the_signal_on():
+    spec = with_change("scheduler", {"name": "asha", "metric": "robust"})
+    spec["evaluation"] = {"stopping_size": 0}
+    with pytest.raises(SpecError, match=r"scheduler.metric: .*stopping_size is 0.*Fix:"):
         parse_spec(spec)
     spec["scheduler"]["metric"] = "clean_acc"
     assert parse_spec(spec).scheduler.metric == "clean_acc"
+
+
+@pytest.mark.parametrize("old, value, new", [
+    ("audit.rank_eps", 0.1, "selection.eps"),
+    ("evaluation.check_size", 50, "evaluation.stopping_size"),
+    ("evaluation.check_eps", 0.1, "evaluation.stopping_eps"),
+])  # fmt: skip
+def test_a_renamed_key_says_where_it_went(old, value, new):
+    with pytest.raises(SpecError, match=rf"{old}: was renamed. Fix: write it as `{new}`"):
+        parse_spec(with_change(old, value))
+
+
+def test_renamed_defence_keys_and_scheduler_metric_say_where_they_went():
+    defences = [{"kind": "pgd", "eps": 0.1, "check_drop": 0.3}]
+    with pytest.raises(SpecError, match=r"check_drop: was renamed.*`overfit_drop`"):
+        parse_spec(with_change("grid.defences", defences))
+    with pytest.raises(SpecError, match=r"scheduler.metric: robust_check was renamed.*robust"):
+        parse_spec(with_change("scheduler", {"name": "asha", "metric": "robust_check"}))
+
+
+def test_the_selection_rule_is_declared_once_and_resolved_to_a_number():
+    default = parse_spec(GOOD).selection  # evaluates 0.1: the reference budget
+    assert default.eps == 0.1 and default.min_clean_acc == 0.9
+    elsewhere = parse_spec(with_change("evaluation.eps", [0.05, 0.2]))
+    assert elsewhere.selection.eps == 0.2  # the largest evaluated budget
+    chosen = parse_spec(with_change("selection", {"eps": 0.05, "min_clean_acc": 0.8}))
+    assert (chosen.selection.eps, chosen.selection.min_clean_acc) == (0.05, 0.8)
+    from trainables.settings import flatten
+
+    params = flatten(chosen.model_dump(mode="json"))
+    assert params["selection.eps"] == "0.05" and params["selection.include_flagged"] == "False"
 
 
 def test_tune_runs_the_grid_in_the_order_grid_points_promises_zero_lambda_first():

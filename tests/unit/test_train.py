@@ -105,3 +105,41 @@ def test_gradient_clipping_bounds_each_step(cfg_factory, digits):
     assert (
         cfg_factory(training={"grad_clip_norm": 0.5}).params()["training.grad_clip_norm"] == "0.5"
     )
+
+
+def test_a_resumed_keep_best_trial_ends_on_the_weights_an_uninterrupted_one_kept(
+    cfg_factory, digits, tmp_path
+):
+    """The overfitting watch's state (best accuracy, its epoch, its weights) travels in the
+    checkpoint: a keep_best trial interrupted after its best epoch and resumed from the file
+    ends on the weights the uninterrupted trial ends on. Without that state (the check starts
+    afresh after a resume) it would keep a later epoch's weights."""
+    from trainables.settings import DefenceSettings
+
+    defence = DefenceSettings(kind="fgsm_rs", eps=0.3, keep_best=True)
+    cfg = cfg_factory(training={"epochs": 8}).model_copy(update={"defence": defence})
+    whole = new_state(cfg, digits, torch.device("cpu"))
+    kept = list(train(cfg, digits, whole))[-1]["kept_epoch"]
+    stop_at = kept + 1
+    assert stop_at < cfg.training.epochs, "the best epoch must come before the interruption"
+
+    def resumed(forget_the_watch: bool):
+        first = new_state(cfg, digits, torch.device("cpu"))
+        for metrics in train(cfg, digits, first):
+            if metrics["epoch"] == stop_at:
+                save_checkpoint(tmp_path / "state.pt", first)
+                break
+        later = new_state(cfg, digits, torch.device("cpu"))
+        load_checkpoint(tmp_path / "state.pt", later)
+        if forget_the_watch:  # what a checkpoint without the watch's state restored
+            later.best_watch, later.best_epoch, later.best_weights = -1.0, 0, None
+        history = list(train(cfg, digits, later))
+        return later, history[-1]["kept_epoch"]
+
+    state, kept_after_resume = resumed(forget_the_watch=False)
+    assert kept_after_resume == kept
+    assert all(
+        torch.equal(v, state.model.state_dict()[k]) for k, v in whole.model.state_dict().items()
+    )
+    forgot, kept_forgetting = resumed(forget_the_watch=True)
+    assert kept_forgetting != kept  # the test can tell the two apart

@@ -1,9 +1,12 @@
 """The transfer source is trained once per sweep: a trial reuses the weights its lambda = 0 twin
 logged, waits for a twin still training, and trains (and shares) a twin nobody else has.
-Real SQLite MLflow store, real training on the bundled digits; no Ray."""
+Through the sweep's real store (a SQLite MLflow store, `MlflowTwinStore`), and through a store
+in memory, which shows the twin logic needs no MLflow. Real training on the bundled digits;
+no Ray."""
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tracking.runs import TWIN_TAG, WEIGHTS_TAG
+from tracking.twin_store import MlflowTwinStore
 from trainables.train import new_state, train
-from trainables.trainable import log_model
-from trainables.twins import POLL_SECONDS, SweepRuns, train_twin, transfer_twin
+from trainables.trainable import SweepRuns, log_model
+from trainables.twins import POLL_SECONDS, train_twin, transfer_twin
 
 EPOCHS = 2
 
@@ -29,6 +33,10 @@ def runs(tmp_path):
 def trial_run(runs: SweepRuns, name: str) -> str:
     tags = {MLFLOW_PARENT_RUN_ID: runs.parent_run_id}
     return runs.client.create_run(runs.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def store(runs: SweepRuns, run_id: str) -> MlflowTwinStore:
+    return MlflowTwinStore(runs.client, runs.experiment_id, runs.parent_run_id, run_id)
 
 
 def trained(cfg, digits):
@@ -61,18 +69,18 @@ def log_final_weights(runs, twin_cfg, digits, run_id) -> torch.nn.Module:
 def test_the_grid_twin_is_reused_not_retrained(runs, setting, digits):
     cfg, state, twin_cfg = setting
     logged = log_final_weights(runs, twin_cfg, digits, trial_run(runs, twin_cfg.run_name))
-    twin = transfer_twin(cfg, digits, state, runs, trial_run(runs, cfg.run_name))
+    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     assert twin.epochs_trained == 0 and same_weights(twin.model, logged)
 
 
 def test_a_missing_twin_is_trained_once_and_shared(runs, setting, cfg_factory, digits):
     cfg, state, twin_cfg = setting
     first_run = trial_run(runs, cfg.run_name)
-    first = transfer_twin(cfg, digits, state, runs, first_run)
+    first = transfer_twin(cfg, digits, state, store(runs, first_run))
     assert first.epochs_trained == EPOCHS
     assert runs.client.get_run(first_run).data.tags[TWIN_TAG] == twin_cfg.run_name
     other = cfg.model_copy(update={"lam": 3.0})  # same twin
-    second = transfer_twin(other, digits, state, runs, trial_run(runs, other.run_name))
+    second = transfer_twin(other, digits, state, store(runs, trial_run(runs, other.run_name)))
     assert second.epochs_trained == 0 and same_weights(second.model, first.model)
     # seeded: the same model the twin's own trial would have trained
     assert same_weights(first.model, train_twin(twin_cfg, digits))
@@ -89,7 +97,7 @@ def test_a_twin_still_training_is_waited_for(runs, setting, digits):
 
     worker = threading.Thread(target=finish_later)
     worker.start()
-    twin = transfer_twin(cfg, digits, state, runs, trial_run(runs, cfg.run_name))
+    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     worker.join()
     assert twin.epochs_trained == 0 and twin.wait_seconds >= 2.5
     assert same_weights(twin.model, logged["model"])
@@ -100,7 +108,7 @@ def test_a_twin_that_ended_without_weights_is_trained_here(runs, setting, digits
     stopped = trial_run(runs, twin_cfg.run_name)  # e.g. ASHA stopped it early
     runs.client.set_terminated(stopped, "FINISHED")
     start = time.perf_counter()
-    twin = transfer_twin(cfg, digits, state, runs, trial_run(runs, cfg.run_name))
+    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     assert twin.epochs_trained == EPOCHS and twin.wait_seconds < POLL_SECONDS  # never polled
     assert time.perf_counter() - start < 60
 
@@ -108,5 +116,51 @@ def test_a_twin_that_ended_without_weights_is_trained_here(runs, setting, digits
 def test_a_lambda_zero_trial_is_its_own_twin(runs, cfg_factory, digits):
     cfg = cfg_factory(lam=0.0, training={"epochs": 1})
     state = trained(cfg, digits)
-    twin = transfer_twin(cfg, digits, state, runs, trial_run(runs, cfg.run_name))
+    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     assert twin.model is state.model and twin.epochs_trained == 0
+
+
+class MemoryStore:
+    """A TwinStore in a dict: what the trials of a sweep would share."""
+
+    def __init__(self):
+        self.files, self.training, self.claims = {}, set(), []
+
+    def weights_file(self, twin_name, folder):
+        return self.files.get(twin_name)
+
+    def in_training(self, twin_name):
+        return twin_name in self.training
+
+    def claim(self, twin_name):
+        self.claims.append(twin_name)
+
+    def release(self, twin_name):
+        self.claims.remove(twin_name)
+
+    def publish(self, twin_name, weights_file):
+        kept = Path(self.folder) / f"{twin_name}.pt"
+        kept.write_bytes(Path(weights_file).read_bytes())
+        self.files[twin_name] = str(kept)
+
+
+def test_the_twin_logic_needs_only_a_store(setting, digits, tmp_path):
+    cfg, state, twin_cfg = setting
+    memory = MemoryStore()
+    memory.folder = tmp_path
+    first = transfer_twin(cfg, digits, state, memory)
+    assert first.epochs_trained == EPOCHS and memory.claims == [twin_cfg.run_name]
+    again = transfer_twin(cfg.model_copy(update={"lam": 3.0}), digits, state, memory)
+    assert again.epochs_trained == 0 and same_weights(again.model, first.model)
+    assert same_weights(first.model, train_twin(twin_cfg, digits))
+
+
+def test_twins_imports_no_mlflow():
+    import ast
+
+    import trainables.twins
+
+    tree = ast.parse(Path(trainables.twins.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m.split(".")[0] in ("mlflow", "tracking", "ray") for m in imported)

@@ -1,0 +1,37 @@
+"""The Ray cluster a sweep runs on: connecting to it (or starting a local instance), and where
+Ray keeps the sweep's experiment state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+from sweeps.preflight import storage_uri
+from sweeps.spec import SweepSpec
+
+
+def connect_ray(address: str | None, verbose: bool = False) -> None:
+    """Connect to a cluster (`auto`, `ray://host:port`, or RAY_ADDRESS), else start a new local
+    instance without its dashboard (faster on small machines; nothing listens beyond Ray's own
+    ports): `address="local"`, because with no address Ray joins whatever cluster `ray start`
+    last left on this machine. Workers' own output reaches the console only when `verbose`."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(address="local", include_dashboard=False, **quiet)
+
+
+def experiment_path(spec: SweepSpec, storage_path: str) -> str:
+    """Where Ray keeps this sweep's experiment state (what `Tuner.restore` reads); a URI's query
+    (an S3 endpoint, say) stays at the end."""
+    root = storage_uri(storage_path)
+    if "://" not in root:
+        return str(Path(root) / spec.name)
+    base, mark, query = root.partition("?")
+    return f"{base.rstrip('/')}/{spec.name}{mark}{query}"
