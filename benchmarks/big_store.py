@@ -43,7 +43,8 @@ def build(folder: Path, trials: int = 2500) -> tuple[str, str]:
                 Metric("clean_acc", 0.95, 0, 1),
                 Metric("worst_case_acc/eps_0.1", worst, 0, 1),
             ],
-            params=[Param(k, v) for k, v in {"lam": "0", **JUDGED_BY}.items()],
+            # each its own configuration: a λ of its own, one seed
+            params=[Param(k, v) for k, v in {"lam": str(i), "seed": "0", **JUDGED_BY}.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         client.set_terminated(run.info.run_id)

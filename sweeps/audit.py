@@ -17,7 +17,7 @@ from sweeps.tuner import DriverCallback
 from tracking import metric_names as names
 from tracking.record import SweepRecord, TrialRecord
 from tracking.runs import AUDITED_TAG, find_trial_run
-from tracking.select import SelectionRule, champion_or_none
+from tracking.select import Champion, SelectionRule, champion_or_none
 from tracking.store import store_lock
 from trainables.trainable import AUDIT_SECONDS, SweepContext, audit_trial
 
@@ -106,16 +106,21 @@ def run_audit(
     while pending:
         busy += _collect(pending, client, record, rule, done)
         champion = champion_or_none(record.trials.values(), rule)
-        if champion is not None and _unconfirmed(champion, done, checkpoints):
-            say(f"the champion by the rule, {champion.name}, is not audited yet")
-            pending = submit_audits(spec, _jobs([champion], checkpoints), context)
+        unaudited = _unconfirmed(champion, done, checkpoints) if champion else []
+        if unaudited:
+            say(f"the champion by the rule, {champion.configuration.name}, is not audited yet "
+                f"({len(unaudited)} of its seeds)")  # fmt: skip
+            pending = submit_audits(spec, _jobs(unaudited, checkpoints), context)
     return busy
 
 
-def _unconfirmed(champion: TrialRecord, done: set[str], checkpoints: dict) -> bool:
-    """Not audited (in this launch or an earlier one), and auditable (its checkpoint exists)."""
-    fresh = not champion.audited and champion.run_id not in done
-    return fresh and champion.ray_trial_id in checkpoints
+def _unconfirmed(champion: Champion, done: set[str], checkpoints: dict) -> list[TrialRecord]:
+    """The champion configuration's seeds not audited (in this launch or an earlier one) that
+    can be (their checkpoint exists): the figure it is crowned on must include the audit."""
+    seeds = champion.configuration.trials
+    return [
+        t for t in seeds if not (t.audited or t.run_id in done) and t.ray_trial_id in checkpoints
+    ]
 
 
 def _jobs(trials: list[TrialRecord], checkpoints: dict) -> list[tuple]:

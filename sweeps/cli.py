@@ -14,20 +14,23 @@ import socket
 import sys
 from pathlib import Path
 
-from sweeps.console import command
+from sweeps.console import champion_lines, command
 from sweeps.spec import SpecError, load_spec
+from tracking import metric_names as names
+from tracking.evidence import shown
+from tracking.record import configurations
 from tracking.runs import DEFAULT_DB, absolute_uri, redact_uri, resolve_tracking_uri
 from tracking.select import (
     RULE,
     SelectionError,
     SelectionRule,
     check_evaluated_at,
+    configuration_verdict,
     load_sweep,
     pareto_front,
     record_selection,
-    select_best,
+    select_champion,
     sweep_rule,
-    verdict,
 )
 from tracking.store import SERVER_TIMEOUT_S, StoreError, check_store
 from tracking.sweep_run import SweepNotFound
@@ -51,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Sweeps of saturation-penalised networks on Ray Tune, tracked in MLflow.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_run_parser, _best_parser, _export_parser, _server_parser, _ui_parser,
-                _report_parser):  # fmt: skip
+    for add in (_run_parser, _best_parser, _compare_parser, _export_parser, _server_parser,
+                _ui_parser, _report_parser):  # fmt: skip
         add(sub)
     return parser
 
@@ -92,6 +95,21 @@ def _best_parser(sub) -> None:
     best.add_argument("--record", action="store_true", help="write the rule, its inputs and "
                       "the champion to the sweep run's tags (satsweep.selection.*); without it "
                       "`best` only reads")  # fmt: skip
+
+
+def _compare_parser(sub) -> None:
+    compare = sub.add_parser(
+        "compare",
+        help="compare two trials or configurations of a sweep "
+        "point by point: the difference, its interval and a test",
+    )
+    compare.add_argument("sweep", help="the sweep's name")
+    compare.add_argument("a", help="a trial's name or run id, or a configuration: key=value,... "
+                         "(e.g. defence=pgd,lam=1,activation=relu)")  # fmt: skip
+    compare.add_argument("b", help="the same, for the other side")
+    compare.add_argument("--eps", type=float, help="the budget (default: the sweep's rule's)")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _store_flag(compare)
 
 
 def _export_parser(sub) -> None:
@@ -207,7 +225,7 @@ def _fail(message: str) -> int:
 
 
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return shown(value, None)
 
 
 # ---- run -------------------------------------------------------------------------------------
@@ -230,6 +248,24 @@ def _print_trials(spec, show_all: bool) -> None:
         print(f"... and {hidden} more (--all lists them)")
     print(f"{spec.num_trials} trials, {spec.training.epochs} epochs each, dataset "
           f"{spec.dataset.name}: every check passed")  # fmt: skip
+    print(power_line(spec))
+
+
+def power_line(spec) -> str:
+    """What the sweep can tell apart, before it trains: the smallest difference of two
+    configurations a paired comparison detects (80 % power, 5 % level) at its points and seeds."""
+    from tracking.evidence import ASSUMED_DISCORDANCE, detectable_difference
+    from trainables.data import load_dataset
+
+    d = spec.dataset
+    n = min(spec.evaluation.size, len(load_dataset(d.name, d.data_dir, d.download).y_test))
+    k = len(spec.grid.seeds)
+    mde = 100 * detectable_difference(n, k)
+    seeds = f"{k} seed{'s' if k > 1 else ''}"
+    return (f"with {n} points and {seeds} per configuration, differences under about {mde:.1f} "
+            f"points cannot be told apart (80 % power, 5 % level, if {ASSUMED_DISCORDANCE:.0%} of "
+            "the points disagree between two compared models; spread between seeds widens it): "
+            "raise evaluation.size or add grid.seeds to see smaller ones")  # fmt: skip
 
 
 def cmd_run(args) -> int:
@@ -304,63 +340,118 @@ def cmd_best(args) -> int:
         return _fail("--top must be >= 1")
     client, record, rule = read_sweep(args)
     trials = list(record.trials.values())
-    chosen = select_best(trials, rule)
-    verdicts = {t.run_id: verdict(t, rule) for t in trials}
-    ranked = sorted(trials, reverse=True, key=lambda t: (verdicts[t.run_id][0],
-                    t.worst(rule.eps) or -1, t.clean))  # fmt: skip
+    champion = select_champion(trials, rule)
+    configs = configurations(trials)
+    verdicts = {c.name: configuration_verdict(c, rule) for c in configs}
+    ranked = sorted(configs, reverse=True, key=lambda c: (verdicts[c.name][0],
+                    c.choosing_worst(rule.eps) or -1, c.clean))  # fmt: skip
     if args.json:
-        print(json.dumps(_ranking_json(record, ranked, verdicts, chosen, rule), indent=2))
+        print(json.dumps(_ranking_json(record, ranked, verdicts, champion, rule), indent=2))
     else:
-        _print_ranking(record, ranked, verdicts, chosen, rule, args)
+        _print_ranking(record, ranked, verdicts, champion, rule, args)
     if args.record:
-        record_selection(client, record.parent_run_id, chosen, rule)
+        record_selection(client, record.parent_run_id, champion, rule)
         print(f"recorded this selection on the sweep run {record.parent_run_id} (tags "
               "satsweep.selection.*)", file=sys.stderr if args.json else sys.stdout)  # fmt: skip
     return 0
 
 
-def _trial_json(t, rule: SelectionRule, verdict_: tuple[bool, str]) -> dict:
+def _configuration_json(c, rule: SelectionRule, verdict_: tuple[bool, str]) -> dict:
+    e = rule.eps
+    first = c.trials[0]
+    spread = c.spread(e)
     return {
-        "run_id": t.run_id, "run_name": t.name, "status": t.status, "arch": t.arch,
-        "activation": t.activation, "lam": t.lam, "defence": t.defence, "seed": t.seed,
-        "clean": t.clean, "worst": t.worst(rule.eps), "fgsm": t.fgsm(rule.eps),
-        "worst_curve": t.worst_curve, "flags": list(t.flags), "audited": t.audited,
-        "collapsed": t.collapsed, "eligible": verdict_[0], "why": verdict_[1],
+        "configuration": c.name, "seeds": c.seeds, "runs": [t.run_id for t in c.trials],
+        "arch": first.arch, "activation": first.activation, "lam": first.lam,
+        "defence": first.defence, "n_points": first.eval_points,
+        "clean": c.clean, "clean_ci": c.clean_interval(),
+        "worst": c.worst(e), "worst_ci": c.worst_interval(e),
+        "worst_selection": c.worst_on(e, names.SELECTION),
+        "worst_report": c.worst_on(e, names.REPORT),
+        "worst_report_ci": c.worst_interval(e, names.REPORT),
+        "worst_sd": spread[0] if spread else None, "worst_min": spread[1] if spread else None,
+        "worst_max": spread[2] if spread else None, "fgsm": c.fgsm(e),
+        "flags": sorted({f for t in c.trials for f in t.flags}),
+        "audited": all(t.audited for t in c.trials), "collapsed": c.collapsed,
+        "eligible": verdict_[0], "why": verdict_[1],
     }  # fmt: skip
 
 
-def _ranking_json(record, ranked, verdicts, chosen, rule: SelectionRule) -> dict:
-    """The ranking for scripts: every trial, in order, with the rule's verdict."""
+def _ranking_json(record, ranked, verdicts, champion, rule: SelectionRule) -> dict:
+    """The ranking for scripts: every configuration, in order, with the rule's verdict, and the
+    champion: the exported model and the figure it is reported with."""
+    c, e = champion.configuration, rule.eps
     return {
         "sweep": record.name,
         **rule.model_dump(),
         "rule": RULE,
-        "champion": chosen.run_id,
-        "trials": [_trial_json(t, rule, verdicts[t.run_id]) for t in ranked],
+        "champion": champion.model.run_id,
+        "champion_configuration": c.name,
+        "champion_seed": champion.model.seed,
+        "champion_worst_report": c.worst_on(e, names.REPORT),
+        "champion_worst_report_ci": c.worst_interval(e, names.REPORT),
+        "champion_worst_selection": c.worst_on(e, names.SELECTION),
+        "configurations": [_configuration_json(x, rule, verdicts[x.name]) for x in ranked],
     }
 
 
-def _print_ranking(record, ranked, verdicts, chosen, rule: SelectionRule, args) -> None:
-    shown = ranked if args.all else ranked[: args.top]
-    width = max(len(t.name) for t in shown)
+def _print_ranking(record, ranked, verdicts, champion, rule: SelectionRule, args) -> None:
+    shown_rows = ranked if args.all else ranked[: args.top]
+    width = max(len(c.name) for c in shown_rows)
     e = f"{rule.eps:g}"
-    print(f"sweep {record.name}: {len(ranked)} trials; rule: {rule.describe()}")
-    print(f"{'':2}{'run':<{width}}  {'λ':>6}  {'defence':<8} {'act':<8} {'clean':>6}  "
-          f"{'worst@' + e:>10}  {'fgsm@' + e:>9}  in or out, and why")  # fmt: skip
-    for t in shown:
-        mark = "*" if t is chosen else " "
-        print(f"{mark} {t.name:<{width}}  {t.lam:>6g}  {t.defence:<8} {t.activation:<8} "
-              f"{_fmt(t.clean):>6}  {_fmt(t.worst(rule.eps)):>10}  {_fmt(t.fgsm(rule.eps)):>9}  "
-              f"{verdicts[t.run_id][1]}")  # fmt: skip
-    if len(shown) < len(ranked):
-        print(f"showing {len(shown)} of {len(ranked)} trials (--all for the rest)")
-    print(f"\nchampion: {chosen.name}  (run {chosen.run_id}), worst case "
-          f"{chosen.worst(rule.eps):.3f} at eps {e}, clean {chosen.clean:.3f}, naive FGSM "
-          f"{_fmt(chosen.fgsm(rule.eps))}")  # fmt: skip
+    n = ranked[0].trials[0].eval_points
+    print(f"sweep {record.name}: {len(ranked)} configurations ({len(record.trials)} trials); "
+          f"rule: {rule.describe()}")  # fmt: skip
+    if n:
+        print(f"[...]: 95 % intervals ({n} evaluation points; Wilson for one seed, Student's t "
+              f"over the seeds for several); ranked by the worst case on the {n - n // 2} "
+              f"selection points")  # fmt: skip
+    print(f"{'':2}{'configuration':<{width}}  {'seeds':>5}  {'clean':>22}  "
+          f"{'worst@' + e + ' [95% CI]':>24}  {'ranked':>6}  in or out, and why")  # fmt: skip
+    for c in shown_rows:
+        mark = "*" if c is champion.configuration else " "
+        print(f"{mark} {c.name:<{width}}  {len(c.trials):>5}  "
+              f"{shown(c.clean, c.clean_interval()):>22}  "
+              f"{shown(c.worst(rule.eps), c.worst_interval(rule.eps)):>24}  "
+              f"{_fmt(c.choosing_worst(rule.eps)):>6}  {verdicts[c.name][1]}")  # fmt: skip
+    if len(shown_rows) < len(ranked):
+        print(f"showing {len(shown_rows)} of {len(ranked)} configurations (--all for the rest)")
+    print()
+    for line in champion_lines(champion, rule.eps):
+        print(line)
+    print(f"exported run {champion.model.run_id} ({champion.model.name}); naive FGSM "
+          f"{_fmt(champion.configuration.fgsm(rule.eps))}")  # fmt: skip
     print(f"Pareto front, clean vs worst case at eps {e}:")
-    for t in pareto_front(ranked, rule.eps):
-        print(f"  clean {t.clean:.3f}  worst {_fmt(t.worst(rule.eps))}  {t.name}"
-              + ("  [masking suspected]" if t.flagged else ""))  # fmt: skip
+    for c in pareto_front(record.trials.values(), rule.eps):
+        print(f"  clean {c.clean:.3f}  worst {_fmt(c.worst(rule.eps))}  {c.name}"
+              + ("  [masking suspected]" if c.flagged else ""))  # fmt: skip
+
+
+# ---- compare ---------------------------------------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from tracking.compare import paired, resolve
+
+    client = MlflowClient(existing_store(args.tracking_uri))
+    record = load_sweep(client, args.sweep)
+    eps = args.eps if args.eps is not None else sweep_rule(record).eps
+    check_evaluated_at(record, eps)
+    result = paired(client, resolve(record, args.a), resolve(record, args.b), eps)
+    if args.json:
+        body = {"a": result.a.name, "b": result.b.name, "eps": eps,
+                **result.worst.as_json(),
+                "clean": result.clean.as_json() if result.clean else None}  # fmt: skip
+        print(json.dumps(body, indent=2))
+        return 0
+    print(result.sentence())
+    if result.clean:
+        c = result.clean
+        print(f"clean accuracy on the same points: {100 * c.diff:+.1f} points "
+              f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}], p = {c.p_value:.2g}")  # fmt: skip
+    return 0
 
 
 # ---- export, report --------------------------------------------------------------------------
@@ -441,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     command = {
         "run": cmd_run,
         "best": cmd_best,
+        "compare": cmd_compare,
         "export": cmd_export,
         "report": cmd_report,
         "server": cmd_server,
@@ -448,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return command[args.command](args)
-    except (SelectionError, SweepNotFound, UsageError, StoreError) as err:
+    except (SelectionError, SweepNotFound, UsageError, StoreError, LookupError) as err:
         return _fail(str(err))
     except BrokenPipeError:  # `satsweep best ... | head`: the reader left, so leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -10,6 +10,7 @@ import shutil
 import sys
 
 from tracking import metric_names as names
+from tracking.evidence import shown
 from tracking.runs import redact_uri, resolve_tracking_uri
 from tracking.select import champion_or_none
 
@@ -134,14 +135,36 @@ def closing_lines(record, rule, usage: dict, failed: int, launch: int, tracking_
         f"{int(u[names.SWEEP_SLOTS])} slots); epochs trained {u[names.SWEEP_EPOCHS_RUN]:.0f} of "
         f"the grid's {u[names.SWEEP_GRID_EPOCHS]:.0f} ({u[names.SWEEP_EPOCHS_RATIO]:.2f})"
     )
-    c = champion_or_none(record.trials.values(), rule)
-    if c is None:
+    champion = champion_or_none(record.trials.values(), rule)
+    if champion is None:
         say(f"no champion yet by the rule ({rule.describe()}): `{command()} best "
             f"{record.name}` says why each trial is out")  # fmt: skip
     else:
-        say(f"champion {c.name}: worst case {c.worst(rule.eps):.3f} at eps {rule.eps:g}, "
-            f"clean {c.clean:.3f}")  # fmt: skip
+        for line in champion_lines(champion, rule.eps):
+            say(line)
     me, store = command(), store_flag(tracking_uri)
     say(f"next:  {me} best {record.name}{store}   (why each trial is in or out)")
     say(f"       {me} ui{store}   (browse every run in MLflow)")
     say(f"       {me} export {record.name} --out champion{store}")
+
+
+def champion_lines(champion, eps: float) -> list[str]:
+    """The champion as a reader should take it: its worst case on the report points (which took
+    no part in choosing it) with a 95 % interval, the figure it was chosen on, its clean
+    accuracy, and which model of it is exported."""
+    c, model = champion.configuration, champion.model
+    seeds = f"mean of {len(c.trials)} seeds" if len(c.trials) > 1 else "1 seed"
+    reported = c.worst_on(eps, names.REPORT)
+    if reported is None:  # a run from before the halves: the figure it was chosen on
+        figure = f"worst case {shown(c.worst(eps), c.worst_interval(eps))} at eps {eps:g}"
+    else:
+        figure = (f"worst case {shown(reported, c.worst_interval(eps, names.REPORT))} at eps "
+                  f"{eps:g} on the report points (chosen at "
+                  f"{c.worst_on(eps, names.SELECTION):.3f} on the selection points)")  # fmt: skip
+    lines = [f"champion {c.name} ({seeds}): {figure}, clean {shown(c.clean, c.clean_interval())}"]
+    if len(c.trials) > 1:
+        own = model.worst_on(eps, names.REPORT)
+        own = model.worst(eps) if own is None else own
+        lines.append(f"exported seed {model.seed}, the seed nearest the mean (its own worst case "
+                     f"{own:.3f})")  # fmt: skip
+    return lines

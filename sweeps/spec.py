@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from tracking.compare import Baselines
 from tracking.select import SelectionRule
 from trainables.settings import (
     ActivationName,
@@ -111,6 +112,8 @@ class SweepSpec(SweepSettings):
     grid: GridSpec
     # the masking-aware rule the sweep audits and crowns by, and `best`/`export` read back
     selection: SelectionRule = SelectionRule()
+    # what the report compares every arm with (tracking/compare.py)
+    comparisons: Baselines = Baselines()
     resources: ResourcesSpec = ResourcesSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     storage_path: str = Field("ray_results", min_length=1, **fix("give a folder or s3:// URI"))

@@ -70,6 +70,25 @@ def worst_case_acc(eps: float) -> str:
     return f"{_WORST}{eps_key(eps)}"
 
 
+# the evidence each figure carries (tracking/evidence.py): its 95 % interval, how many points it
+# rests on, and, for the worst case, its value on each half of the evaluation points (the
+# selection points choose, the report points report the chosen one's figure)
+SELECTION, REPORT = "selection", "report"
+EVAL_POINTS = "eval_points"  # the evaluation subset the attacks ran on
+CLEAN_POINTS = "clean_points"  # the test split clean_acc is measured on
+CLEAN_LOW, CLEAN_HIGH = "clean_acc/ci_low", "clean_acc/ci_high"
+
+
+def worst_case_bound(eps: float, side: str) -> str:
+    """`worst_case_acc/eps_0.1/ci_low` (side `low`) or `.../ci_high`: Wilson, 95 %."""
+    return f"{worst_case_acc(eps)}/ci_{side}"
+
+
+def worst_case_on(eps: float, half: str) -> str:
+    """`worst_case_acc/eps_0.1/selection_points` or `.../report_points`."""
+    return f"{worst_case_acc(eps)}/{half}_points"
+
+
 def attack_seconds(attack: str) -> str:
     return f"{_SECONDS}{attack}"
 

@@ -10,12 +10,14 @@ trial id, its error, its checkpoint). After an audit batch only the audited runs
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field, replace
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from tracking import metric_names as names
+from tracking.evidence import interval
 from tracking.runs import AUDITED_TAG, STATUS_TAG, TRIAL_ID_TAG, trial_runs
 from tracking.sweep_run import latest_sweep_run
 
@@ -81,7 +83,49 @@ class TrialRecord:
         return self.metrics.get(names.CLEAN_ACC, 0.0)
 
     def worst(self, eps: float) -> float | None:
+        """The worst case at eps on every evaluation point."""
         return self.metrics.get(names.worst_case_acc(eps))
+
+    def worst_on(self, eps: float, half: str) -> float | None:
+        """The worst case at eps on the selection or the report points (None for a run from
+        before the halves were logged)."""
+        return self.metrics.get(names.worst_case_on(eps, half))
+
+    def choosing_worst(self, eps: float) -> float | None:
+        """The figure the rule ranks by: the worst case on the selection points, so that the
+        report points can report the champion's figure unbiased (all points for older runs)."""
+        chosen = self.worst_on(eps, names.SELECTION)
+        return chosen if chosen is not None else self.worst(eps)
+
+    @property
+    def eval_points(self) -> int | None:
+        n = self.metrics.get(names.EVAL_POINTS)
+        return None if n is None else int(n)
+
+    def half_points(self, half: str) -> int | None:
+        """How many evaluation points a half holds (`data.selection_points`: ceil for the
+        selection half)."""
+        n = self.eval_points
+        if n is None:
+            return None
+        return (n + 1) // 2 if half == names.SELECTION else n // 2
+
+    @property
+    def clean_points(self) -> int | None:
+        n = self.metrics.get(names.CLEAN_POINTS)
+        return None if n is None else int(n)
+
+    @property
+    def seedless_name(self) -> str:
+        """The configuration's name: the run name without its `_seedN`."""
+        suffix = f"_seed{self.params.get('seed', '')}"
+        return self.name[: -len(suffix)] if self.name.endswith(suffix) else self.name
+
+    @property
+    def configuration_key(self) -> tuple:
+        """What the trial's settings are, but for its seed: trials with one key are seeds of
+        one configuration."""
+        return tuple(sorted((k, v) for k, v in self.params.items() if k != "seed"))
 
     def fgsm(self, eps: float) -> float | None:
         return self.metrics.get(names.robust_acc("fgsm", eps))
@@ -171,6 +215,85 @@ class SweepRecord:
     def evaluated(self) -> list[TrialRecord]:
         return [t for t in self.trials.values() if t.evaluated]
 
+    def configurations(self) -> list[Configuration]:
+        return configurations(self.trials.values())
+
     def evaluated_eps(self) -> list[float]:
         """The budgets some trial's worst case was measured at (the unbounded one excluded)."""
         return sorted({e for t in self.evaluated() for e in t.worst_curve if e != t.unbounded_eps})
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """Trials that differ only in their seed: replicates of one recipe. Its figures are means
+    over the seeds that have them."""
+
+    trials: list[TrialRecord]
+
+    @property
+    def name(self) -> str:
+        return self.trials[0].seedless_name
+
+    @property
+    def seeds(self) -> list[int]:
+        return [t.seed for t in self.trials]
+
+    def mean(self, figure) -> float | None:
+        """The mean of `figure(trial)` over the seeds where it exists."""
+        values = [v for t in self.trials if (v := figure(t)) is not None]
+        return sum(values) / len(values) if values else None
+
+    def values(self, figure) -> list[float]:
+        return [v for t in self.trials if (v := figure(t)) is not None]
+
+    @property
+    def clean(self) -> float:
+        return self.mean(lambda t: t.clean) or 0.0
+
+    def worst(self, eps: float) -> float | None:
+        return self.mean(lambda t: t.worst(eps))
+
+    def choosing_worst(self, eps: float) -> float | None:
+        return self.mean(lambda t: t.choosing_worst(eps))
+
+    def fgsm(self, eps: float) -> float | None:
+        return self.mean(lambda t: t.fgsm(eps))
+
+    def worst_on(self, eps: float, half: str) -> float | None:
+        return self.mean(lambda t: t.worst_on(eps, half))
+
+    def worst_interval(self, eps: float, half: str | None = None) -> tuple[float, float] | None:
+        """95 % interval of the worst case at eps, on every point or on one half: Wilson for one
+        seed, seeds and points together for several (`evidence.interval`)."""
+        first = self.trials[0]
+        n = first.eval_points if half is None else first.half_points(half)
+        values = self.values(lambda t: t.worst(eps) if half is None else t.worst_on(eps, half))
+        return interval(values, n) if values and n else None
+
+    def clean_interval(self) -> tuple[float, float] | None:
+        n = self.trials[0].clean_points
+        values = self.values(lambda t: t.clean)
+        return interval(values, n) if values and n else None
+
+    def spread(self, eps: float) -> tuple[float, float, float] | None:
+        """(standard deviation, min, max) of the worst case at eps over the seeds; None for one."""
+        values = self.values(lambda t: t.worst(eps))
+        if len(values) < 2:
+            return None
+        return float(statistics.stdev(values)), min(values), max(values)
+
+    @property
+    def collapsed(self) -> bool:
+        return any(t.collapsed for t in self.trials)
+
+    @property
+    def flagged(self) -> bool:
+        return any(t.flagged for t in self.trials)
+
+
+def configurations(trials) -> list[Configuration]:
+    """The trials grouped by everything but their seed, each group ordered by seed."""
+    groups: dict[tuple, list[TrialRecord]] = {}
+    for t in trials:
+        groups.setdefault(t.configuration_key, []).append(t)
+    return [Configuration(sorted(g, key=lambda t: t.seed)) for g in groups.values()]

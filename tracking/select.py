@@ -16,18 +16,22 @@ Only `record_selection` writes, and only when a command is asked to (`satsweep b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from tracking import metric_names as names
-from tracking.record import SweepRecord, TrialRecord
+from tracking.record import Configuration, SweepRecord, TrialRecord, configurations
 from tracking.sweep_run import SweepNotFound
 
 RULE = (
-    "among finished, non-collapsed trials with clean_acc >= min_clean_acc, maximise "
-    "worst_case_acc at eps; a masking-flagged trial qualifies only once audited and with a "
-    "worst case that reaches ~0 at the unbounded eps and does not rise with eps (or with "
-    "include_flagged); ties: higher clean_acc"
+    "among configurations (trials that differ only in their seed) whose every seed is finished, "
+    "non-collapsed and has clean_acc >= min_clean_acc, maximise the mean over seeds of the "
+    "worst_case_acc at eps on the selection points; a masking-flagged trial qualifies only once "
+    "audited and with a worst case that reaches ~0 at the unbounded eps and does not rise with "
+    "eps (or with include_flagged); ties: higher clean_acc; the champion is reported on the "
+    "report points"
 )
 REFERENCE_EPS = 0.1  # the MNIST reference budget (docs/method.md, section 4)
 
@@ -145,54 +149,83 @@ def verdict(t: TrialRecord, rule: SelectionRule) -> tuple[bool, str]:
     return True, f"in: flagged ({flags}), but its worst case includes the audit"
 
 
-def eligible(trials, rule: SelectionRule) -> list[TrialRecord]:
-    """The trials the rule may choose from (see `verdict`)."""
-    return [t for t in trials if verdict(t, rule)[0]]
+@dataclass(frozen=True)
+class Champion:
+    """The winning configuration, and the one of its trials that is exported: the seed whose
+    figure lies closest to the configuration's mean (a typical model of the recipe, not its
+    luckiest seed, whose own figure would overstate the recipe)."""
+
+    configuration: Configuration
+    model: TrialRecord
 
 
-def select_best(trials, rule: SelectionRule) -> TrialRecord:
-    pool = eligible(trials, rule)
+def configuration_verdict(c: Configuration, rule: SelectionRule) -> tuple[bool, str]:
+    """(eligible, why) for a configuration: in only when every one of its seeds is in (a recipe
+    that sometimes collapses or stays unconfirmed is not a safe choice)."""
+    verdicts = [(t, verdict(t, rule)) for t in c.trials]
+    if len(verdicts) == 1:
+        return verdicts[0][1]
+    out = [(t, why) for t, (ok, why) in verdicts if not ok]
+    if not out:
+        return True, f"in: all {len(verdicts)} seeds in"
+    t, why = out[0]
+    more = f" (and {len(out) - 1} more seeds)" if len(out) > 1 else ""
+    return False, f"out: seed {t.seed} {why.removeprefix('out: ')}{more}"
+
+
+def select_champion(trials, rule: SelectionRule) -> Champion:
+    """The rule over configurations: the eligible one with the highest mean worst case on the
+    selection points (ties: clean accuracy), so that a lucky seed cannot win alone."""
+    pool = [c for c in configurations(trials) if configuration_verdict(c, rule)[0]]
     if not pool:
-        why = (
-            "" if rule.include_flagged else " and passes the masking checks (try --include-flagged)"
+        flagged = (
+            "" if rule.include_flagged else " and passes the masking checks (--include-flagged)"
         )
         raise SelectionError(
-            f"no finished trial has clean_acc >= {rule.min_clean_acc:g}{why}; lower "
+            f"no finished trial has clean_acc >= {rule.min_clean_acc:g}{flagged}; lower "
             "--min-clean-acc to see more (`satsweep best` lists why each is out)"
         )
-    return max(pool, key=lambda t: (t.worst(rule.eps), t.clean))
+    best = max(pool, key=lambda c: (c.choosing_worst(rule.eps), c.clean))
+    return Champion(best, representative(best, rule.eps))
 
 
-def champion_or_none(trials, rule: SelectionRule) -> TrialRecord | None:
+def representative(c: Configuration, eps: float) -> TrialRecord:
+    """The seed closest to the configuration's mean worst case on the selection points."""
+    mean = c.choosing_worst(eps)
+    return min(c.trials, key=lambda t: (abs(t.choosing_worst(eps) - mean), t.seed))
+
+
+def champion_or_none(trials, rule: SelectionRule) -> Champion | None:
     try:
-        return select_best(trials, rule)
+        return select_champion(trials, rule)
     except SelectionError:
         return None
 
 
-def on_front_axes(t: TrialRecord, eps: float) -> bool:
-    """A trial the front may hold: finished, evaluated at eps, not collapsed."""
-    return t.worst(eps) is not None and t.status == "finished" and not t.collapsed
+def on_front_axes(c: Configuration, eps: float) -> bool:
+    """A configuration the front may hold: finished in every seed, evaluated, not collapsed."""
+    done = all(t.status == "finished" for t in c.trials)
+    return done and c.worst(eps) is not None and not c.collapsed
 
 
-def pareto_front(trials, eps: float) -> list[TrialRecord]:
-    """Finished, non-collapsed trials no other such trial beats on both clean and worst-case
-    accuracy at eps, sorted by clean accuracy."""
-    points = [t for t in trials if on_front_axes(t, eps)]
+def pareto_front(trials, eps: float) -> list[Configuration]:
+    """Configurations (seed means) no other beats on both clean and worst-case accuracy at eps,
+    sorted by clean accuracy; finished, non-collapsed ones only."""
+    points = [c for c in configurations(trials) if on_front_axes(c, eps)]
 
-    def beaten(t: TrialRecord) -> bool:
+    def beaten(c: Configuration) -> bool:
         return any(
-            o.clean >= t.clean
-            and o.worst(eps) >= t.worst(eps)
-            and (o.clean > t.clean or o.worst(eps) > t.worst(eps))
+            o.clean >= c.clean
+            and o.worst(eps) >= c.worst(eps)
+            and (o.clean > c.clean or o.worst(eps) > c.worst(eps))
             for o in points
         )
 
-    return sorted((t for t in points if not beaten(t)), key=lambda t: t.clean)
+    return sorted((c for c in points if not beaten(c)), key=lambda c: c.clean)
 
 
 def record_selection(
-    client: MlflowClient, parent_run_id: str, chosen: TrialRecord, rule: SelectionRule
+    client: MlflowClient, parent_run_id: str, champion: Champion, rule: SelectionRule
 ) -> None:
     """The rule, its inputs and its answer, on the sweep's parent run (tags: re-selectable)."""
     tags = {
@@ -200,8 +233,9 @@ def record_selection(
         "eps": f"{rule.eps:g}",
         "min_clean_acc": f"{rule.min_clean_acc:g}",
         "include_flagged": str(rule.include_flagged).lower(),
-        "champion_run_id": chosen.run_id,
-        "champion_run_name": chosen.name,
+        "champion_configuration": champion.configuration.name,
+        "champion_run_id": champion.model.run_id,
+        "champion_run_name": champion.model.name,
     }
     for key, value in tags.items():
         client.set_tag(parent_run_id, f"satsweep.selection.{key}", value)
@@ -215,15 +249,16 @@ def best_run_id(
     include_flagged: bool | None = None,
     record: bool = False,
 ) -> str:
-    """The rule as one call: the run id of the sweep's most robust trial by the sweep's own rule
-    (arguments override it); written to the sweep run's tags only when `record`."""
+    """The rule as one call: the run id of the model exported from the sweep's winning
+    configuration by its own rule (arguments override it); written to the sweep run's tags only
+    when `record`."""
     client = MlflowClient(tracking_uri)
     sweep_record = load_sweep(client, sweep)
     rule, _ = sweep_rule(sweep_record).overridden(
         eps=eps, min_clean_acc=min_clean_acc, include_flagged=include_flagged
     )
     check_evaluated_at(sweep_record, rule.eps)
-    chosen = select_best(sweep_record.trials.values(), rule)
+    champion = select_champion(sweep_record.trials.values(), rule)
     if record:
-        record_selection(client, sweep_record.parent_run_id, chosen, rule)
-    return chosen.run_id
+        record_selection(client, sweep_record.parent_run_id, champion, rule)
+    return champion.model.run_id

@@ -70,6 +70,20 @@ def fixed_subset(n: int, size: int, seed: int) -> torch.Tensor:
     return order[: min(size, n)].sort().values
 
 
+SPLIT_SALT = 7919  # the halves are drawn apart from the subset itself, from the same seed
+
+
+def selection_points(n: int, seed: int) -> torch.Tensor:
+    """Which of the n evaluation points may choose a trial (True: the selection points, for
+    the selection rule, the audit's ranking and ASHA) and which report the chosen trial's figure
+    (False: the report points): a seeded half of them, the same for every trial of a sweep, so
+    a champion's reported worst case comes from points that took no part in choosing it."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + SPLIT_SALT))
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[order[: (n + 1) // 2]] = True
+    return chosen
+
+
 def load_dataset(name: str, data_dir: str | None, download: bool) -> Dataset:
     """A dataset on the CPU as float32 tensors in [0, 1] and int64 labels, read from disk once
     per worker process: Ray reuses a worker for the sweep's next trial or audit, and the

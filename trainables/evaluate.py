@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from tracking import metric_names as names
+from tracking.evidence import wilson
 from trainables.attacks import ATTACKS
-from trainables.data import Dataset, fixed_subset
+from trainables.data import Dataset, fixed_subset, selection_points
 from trainables.masking import diagnose, zero_gradient_fraction
 from trainables.settings import SweepSettings, TrialSettings
 
@@ -121,15 +122,32 @@ def robustness_curves_data(
     return accuracy, worst
 
 
-def robustness_metrics(results: list[AttackResult]) -> dict[str, float]:
-    """robust_acc/<attack>/eps_<e>, worst_case_acc/eps_<e>, attack_seconds/<attack>."""
-    metrics: dict[str, float] = {}
+def worst_case_figures(worst: torch.Tensor, selection: torch.Tensor, eps: float) -> dict:
+    """The per-example worst case at eps as figures: on every point with its Wilson interval,
+    and on each half (selection and report points)."""
+    n, k = len(worst), int(worst.sum())
+    low, high = wilson(k, n)
+    chosen = worst[selection.to(worst.device)]
+    reported = worst[~selection.to(worst.device)]
+    return {
+        names.worst_case_acc(eps): k / n,
+        names.worst_case_bound(eps, "low"): low,
+        names.worst_case_bound(eps, "high"): high,
+        names.worst_case_on(eps, names.SELECTION): chosen.float().mean().item(),
+        names.worst_case_on(eps, names.REPORT): reported.float().mean().item(),
+    }
+
+
+def robustness_metrics(results: list[AttackResult], selection: torch.Tensor) -> dict[str, float]:
+    """robust_acc/<attack>/eps_<e>, the worst case's figures per eps, attack_seconds/<attack>,
+    and how many points they rest on."""
+    metrics: dict[str, float] = {names.EVAL_POINTS: float(len(selection))}
     for r in results:
         metrics[names.robust_acc(r.attack, r.eps)] = r.accuracy
         key = names.attack_seconds(r.attack)
         metrics[key] = metrics.get(key, 0.0) + r.seconds
     for eps in sorted({r.eps for r in results}):
-        metrics[names.worst_case_acc(eps)] = worst_case(results, eps).float().mean().item()
+        metrics |= worst_case_figures(worst_case(results, eps), selection, eps)
     return metrics
 
 
@@ -147,7 +165,7 @@ def evaluate_robustness(
         a for a in ecfg.attacks if not ATTACKS[a].needs_surrogate or surrogate is not None
     )
     results = run_attacks(model, x, y, attacks, eps_list, settings, surrogate)
-    metrics = robustness_metrics(results)
+    metrics = robustness_metrics(results, selection_points(len(y), ecfg.seed))
     share, collapsed = collapse_check(model, x, y, settings)
     metrics[names.MAJORITY_SHARE], metrics[names.COLLAPSED] = share, float(collapsed)
     acc = {(r.attack, r.eps): r.accuracy for r in results}
@@ -185,16 +203,23 @@ def quick_evaluation(cfg: TrialSettings, data: Dataset, model: nn.Module) -> dic
     e = cfg.evaluation
     idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
     x, y = data.x_test[idx], data.y_test[idx]
-    return robustness_metrics(run_attacks(model, x, y, ("fgsm", "pgd_ce"), tuple(e.eps), cfg))
+    results = run_attacks(model, x, y, ("fgsm", "pgd_ce"), tuple(e.eps), cfg)
+    return robustness_metrics(results, selection_points(len(y), e.seed))
 
 
 # ---- per-example results, stored with the trial and joined by the audit ---------------------
 
 
-def per_example_record(indices: torch.Tensor, results: list[AttackResult]) -> dict:
-    """What a trial stores so a later audit can join it per example (JSON-ready)."""
+def per_example_record(
+    indices: torch.Tensor, results: list[AttackResult], clean: torch.Tensor, seed: int
+) -> dict:
+    """Every attack's result on every evaluation point, each point's clean correctness and its
+    purpose (1: a selection point, 0: a report point): what an audit joins, and what comparisons
+    and intervals pair point by point (JSON-ready)."""
     return {
         "eval_indices": indices.tolist(),
+        "clean": clean.int().tolist(),
+        "selection": selection_points(len(indices), seed).int().tolist(),
         "results": [
             {"attack": r.attack, "eps": r.eps, "robust": r.robust.int().tolist()} for r in results
         ],
@@ -204,19 +229,29 @@ def per_example_record(indices: torch.Tensor, results: list[AttackResult]) -> di
 def merge_audit(
     record: dict, audit_indices: torch.Tensor, audit_results: list[AttackResult]
 ) -> list[AttackResult]:
-    """The stored cheap-tier results plus the audit's, restricted to the evaluation subset
-    (the audit set contains it: both are prefixes of the same seeded permutation)."""
+    """The stored results plus the audit's, restricted to the evaluation subset (the audit set
+    contains it: both are prefixes of the same seeded permutation); an attack the audit runs
+    replaces what the record held of it."""
     position = {int(i): p for p, i in enumerate(audit_indices.tolist())}
     on_eval = torch.tensor([position[i] for i in record["eval_indices"]])
-    cheap = [
+    audited = {r.attack for r in audit_results}
+    stored = [
         AttackResult(r["attack"], float(r["eps"]), torch.tensor(r["robust"]).bool(), 0.0)
         for r in record["results"]
+        if r["attack"] not in audited
     ]
     audit = [
         AttackResult(r.attack, r.eps, r.robust[on_eval.to(r.robust.device)].cpu(), r.seconds)
         for r in audit_results
     ]
-    return cheap + audit
+    return stored + audit
+
+
+def record_with(record: dict, results: list[AttackResult]) -> dict:
+    """The per-example record with these results in place of its own (after an audit)."""
+    return {**record, "results": [
+        {"attack": r.attack, "eps": r.eps, "robust": r.robust.int().tolist()} for r in results
+    ]}  # fmt: skip
 
 
 def audit_metrics(
@@ -229,9 +264,10 @@ def audit_metrics(
     """(metrics, diagnostics) after an audit: worst case and flags recomputed per example over
     the cheap tier and the audit together; the audit's own accuracy on its larger set too."""
     audited = {r.attack for r in audit_results}
+    selection = selection_points(len(merged[0].robust), cfg.evaluation.seed)
     metrics = {
         k: v
-        for k, v in robustness_metrics(merged).items()
+        for k, v in robustness_metrics(merged, selection).items()
         if names.parse_attack_seconds(k) in (None, *audited)
     }
     for r in audit_results:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
 
+from tracking.evidence import accuracy_interval
 from tracking.palette import WORST, colour
 from trainables.activations import activation
 
@@ -44,23 +45,34 @@ def preactivation_histograms(model, x: torch.Tensor, threshold: float, title: st
 
 
 def robustness_curves(
-    accuracy: dict[tuple[str, float], float], worst: dict[float, float], title: str
+    accuracy: dict[tuple[str, float], float], worst: dict[float, float], title: str, n_points: int
 ) -> Figure:
     """Accuracy against eps for every attack (thin) and the per-example worst case (bold
-    black): where a naive attack's curve sits far above the rest, it is being fooled."""
-    fig = Figure(figsize=(6.5, 4.2))
+    black), each with its 95 % Wilson interval over the n evaluation points: where a naive
+    attack's curve sits far above the rest, it is being fooled."""
+    fig = Figure(figsize=(7.5, 4.6))
     ax = fig.subplots()
     for attack in sorted({a for a, _ in accuracy}):
         points = sorted((e, v) for (a, e), v in accuracy.items() if a == attack)
         style = {"lw": 2, "ls": "--"} if attack == "fgsm" else {"lw": 1, "alpha": 0.8}
-        ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=colour(attack),
-                label=attack + (" (naive)" if attack == "fgsm" else ""), **style)  # fmt: skip
-    ax.plot(*zip(*sorted(worst.items()), strict=True), marker="s", lw=2.5, color=colour(WORST),
-            label=WORST)  # fmt: skip
+        eps, values = zip(*points, strict=True)
+        ax.errorbar(eps, values, yerr=_wilson_bars(values, n_points), marker="o", ms=3,
+                    capsize=2, elinewidth=0.6, color=colour(attack),
+                    label=attack + (" (naive)" if attack == "fgsm" else ""), **style)  # fmt: skip
+    eps, values = zip(*sorted(worst.items()), strict=True)
+    ax.errorbar(eps, values, yerr=_wilson_bars(values, n_points), marker="s", lw=2.5, capsize=3,
+                color=colour(WORST), label=f"{WORST} (95 % CI)")  # fmt: skip
     ax.set_xlabel("ε (L∞, inputs in [0, 1])")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(f"accuracy on {n_points} points")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=9, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig
+
+
+def _wilson_bars(values, n: int) -> list[list[float]]:
+    """matplotlib's [[below...], [above...]] for each accuracy's Wilson interval."""
+    cis = [accuracy_interval(v, n) for v in values]
+    return [[v - lo for v, (lo, _) in zip(values, cis, strict=True)],
+            [hi - v for v, (_, hi) in zip(values, cis, strict=True)]]  # fmt: skip

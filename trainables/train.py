@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from tracking import metric_names as names
+from tracking.evidence import wilson
 from trainables.activations import activation as activation_entry
-from trainables.data import Dataset, fixed_subset
+from trainables.data import Dataset, fixed_subset, selection_points
 from trainables.defences import eps_in_force, pgd_accuracy, training_terms
 from trainables.diagnostics import saturated_units, weight_kurtosis
 from trainables.models import SaturatingNet
@@ -155,7 +156,10 @@ def clean_metrics(cfg: TrialSettings, data: Dataset, model: SaturatingNet) -> di
             flat = fl if flat is None else flat + fl
     n = len(data.y_test)
     units_per_example = [h[0].numel() for h in preacts]
-    metrics = {names.CLEAN_ACC: correct.item() / n}
+    hits = int(correct.item())
+    low, high = wilson(hits, n)  # a binomial over the test split's points
+    metrics = {names.CLEAN_ACC: hits / n, names.CLEAN_LOW: low, names.CLEAN_HIGH: high,
+               names.CLEAN_POINTS: float(n)}  # fmt: skip
     for i, units in enumerate(units_per_example):
         metrics[names.saturation(i + 1)] = saturated[i].item() / (n * units)
         if flat is not None:
@@ -208,11 +212,13 @@ def _overfit_points(cfg: TrialSettings, data: Dataset):
 
 
 def _stopping_points(cfg: TrialSettings, data: Dataset):
-    """The first `stopping_size` evaluation points (None when the signal is off)."""
+    """The first `stopping_size` selection points of the evaluation subset (None when the
+    signal is off): ASHA chooses too, so it must not look at the points that report."""
     e = cfg.evaluation
     if e.stopping_size == 0:
         return None
-    idx = fixed_subset(len(data.y_test), min(e.stopping_size, e.size), e.seed)
+    subset = fixed_subset(len(data.y_test), e.size, e.seed)
+    idx = subset[selection_points(len(subset), e.seed)][: e.stopping_size]
     idx = idx.to(data.y_test.device)
     return data.x_test[idx], data.y_test[idx]
 

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tracking import metric_names as names
+from tracking.per_example import PER_EXAMPLE_ARTIFACT
 from tracking.runs import (
     AUDITED_TAG,
     COLLAPSED_TAG,
@@ -42,11 +43,13 @@ from tracking.twin_store import MlflowTwinStore
 from trainables.data import Dataset, load_dataset
 from trainables.evaluate import (
     audit_metrics,
+    correct,
     eval_indices,
     evaluate_robustness,
     merge_audit,
     per_example_record,
     quick_evaluation,
+    record_with,
     robustness_curves_data,
     run_attacks,
 )
@@ -73,7 +76,6 @@ from trainables.twins import transfer_twin
 from trainables.worker_memory import MIB, begin_trial, read_memory, release_freed_memory
 
 CHECKPOINT_FILE = "state.pt"
-PER_EXAMPLE_ARTIFACT = "robustness/per_example.json"
 CURVES_ARTIFACT = "robustness/curves.png"
 AUDIT_SECONDS = "audit_task_seconds"  # returned to the driver, not logged
 # Tune's console table shows the first four metrics of a report: the headline ones go first.
@@ -150,7 +152,9 @@ def final_evaluation(
     metrics[names.TWIN_WAIT_SECONDS] = twin.wait_seconds if twin else 0.0
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.set_tag(run_id, COLLAPSED_TAG, "true" if metrics[names.COLLAPSED] else "false")
-    client.log_dict(run_id, per_example_record(idx, results), PER_EXAMPLE_ARTIFACT)
+    clean = correct(state.model.eval(), x, y).cpu()
+    client.log_dict(run_id, per_example_record(idx.cpu(), results, clean, e.seed),
+                    PER_EXAMPLE_ARTIFACT)  # fmt: skip
     threshold = cfg.training.saturation_threshold
     figure = preactivation_histograms(state.model, x, threshold, cfg.run_name)
     client.log_figure(run_id, figure, "saturation/preactivation_histograms.png")
@@ -164,7 +168,8 @@ def log_curves(
 ) -> None:
     """The trial's robustness curves over the bounded budgets (re-drawn after an audit)."""
     accuracy, worst = robustness_curves_data(results, cfg.evaluation.unbounded_eps)
-    client.log_figure(run_id, robustness_curves(accuracy, worst, title), CURVES_ARTIFACT)
+    figure = robustness_curves(accuracy, worst, title, len(results[0].robust))
+    client.log_figure(run_id, figure, CURVES_ARTIFACT)
 
 
 def log_model(
@@ -235,6 +240,7 @@ def _audit_in_run(
     )
     log_epoch(client, run_id, metrics, step=cfg.training.epochs)
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
+    client.log_dict(run_id, record_with(record, merged), PER_EXAMPLE_ARTIFACT)  # now audited
     client.set_tag(run_id, AUDITED_TAG, "true")
     log_curves(client, run_id, merged, cfg, f"{cfg.run_name} (audited)")
     audit_info = {"audit_indices": audit_idx.tolist(), **cfg.audit.model_dump(mode="json")}

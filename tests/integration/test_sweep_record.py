@@ -104,8 +104,8 @@ def test_the_sweeps_rule_crowns_prints_and_exports_one_champion(swept):
     assert ranking["eps"] == 0.2 and ranking["min_clean_acc"] == 0.5 and not best.stderr
     champion = ranking["champion"]
     assert any(r.info.run_id == champion for r in audited_runs(uri))  # crowned only once audited
-    name = next(t["run_name"] for t in ranking["trials"] if t["run_id"] == champion)
-    assert f"satsweep: champion {name}: worst case" in printed and "at eps 0.2" in printed
+    name = ranking["champion_configuration"]
+    assert f"satsweep: champion {name} (1 seed): worst case" in printed and "at eps 0.2" in printed
     assert "worst@0.2" in printed  # the audit lines speak the rule's budget
     out = satsweep("export", "record-sweep", "--out", str(work / "champion"), "--tracking-uri",
                    uri, cwd=work)  # fmt: skip

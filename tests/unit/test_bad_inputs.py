@@ -282,7 +282,7 @@ def test_best_into_a_closed_pipe_ends_quietly(tmp_path, store_with_an_unfinished
         run = client.create_run(exp, run_name=f"trial-{i}", tags={
             "satsweep.role": "trial", "mlflow.parentRunId": parent.info.run_id,
             "satsweep.status": "finished", "masking.masking_suspected": "false"})  # fmt: skip
-        client.log_param(run.info.run_id, "lam", "0")
+        client.log_param(run.info.run_id, "lam", str(i))  # each its own configuration
         client.log_metric(run.info.run_id, "clean_acc", 0.95)
         client.log_metric(run.info.run_id, "worst_case_acc/eps_0.1", i / 100)
         client.set_terminated(run.info.run_id)
@@ -293,10 +293,11 @@ def test_best_into_a_closed_pipe_ends_quietly(tmp_path, store_with_an_unfinished
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
     assert len(done.stdout.splitlines()) == 2
     shown = satsweep("best", "many", "--tracking-uri", uri, cwd=tmp_path)
-    assert "showing 10 of 40 trials (--all for the rest)" in shown.stdout
+    assert "showing 10 of 40 configurations (--all for the rest)" in shown.stdout
     listed = satsweep("best", "many", "--json", "--tracking-uri", uri, cwd=tmp_path)
     ranking = json.loads(listed.stdout)
-    assert len(ranking["trials"]) == 40 and ranking["trials"][0]["run_name"] == "trial-39"
+    assert len(ranking["configurations"]) == 40
+    assert ranking["configurations"][0]["configuration"] == "trial-39"
 
 
 @pytest.mark.parametrize("where", ["onto a file", "under a file"])

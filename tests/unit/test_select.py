@@ -3,6 +3,7 @@ masking flag excludes a trial (unaudited, or a flag that questions every attack)
 does not (audited), collapsed models, the tie-break, non-finished runs, the Pareto front, and
 the CLI's errors."""
 
+import json
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from tracking.select import (
     best_run_id,
     load_sweep,
     pareto_front,
-    select_best,
+    select_champion,
     verdict,
 )
 
@@ -57,7 +58,9 @@ def store(tmp_path_factory):
     exp = client.create_experiment("synth", artifact_location=(folder / "art").as_uri())
     parent = client.create_run(exp, run_name="synth", tags={"satsweep.role": "sweep"})
     ids = {}
-    for name, (clean, worst, flags, status, mlflow_status, extra, *more) in TRIALS.items():
+    for number, (name, (clean, worst, flags, status, mlflow_status, extra, *more)) in enumerate(
+        TRIALS.items()
+    ):
         run = client.create_run(
             exp,
             run_name=name,
@@ -71,7 +74,9 @@ def store(tmp_path_factory):
             },
         )
         rid = run.info.run_id
-        params = {"lam": "1.0", "arch.name": "mlp-8", "activation": "relu", **JUDGED_BY}
+        # each its own configuration (a λ of its own), one seed
+        params = {"lam": f"{number}.0", "arch.name": "mlp-8", "activation": "relu", "seed": "0",
+                  **JUDGED_BY}  # fmt: skip
         for key, value in params.items():
             client.log_param(rid, key, value)
         for key, value in (
@@ -119,7 +124,8 @@ def test_each_trial_is_in_or_out_for_a_stated_reason(store):
 def test_ties_go_to_clean_accuracy(store):
     uri, ids, _ = store
     plain = [t for t in trials(uri) if t.name in ("a", "d")]
-    assert select_best(plain, SelectionRule(eps=0.1)).run_id == ids["d"]  # ties a, wins clean
+    champion = select_champion(plain, SelectionRule(eps=0.1))
+    assert champion.model.run_id == ids["d"]  # ties a on worst, wins clean
 
 
 def test_flagged_trials_count_when_asked(store):
@@ -137,7 +143,8 @@ def test_the_floor_is_honoured(store):
 
 def test_pareto_front_of_finished_uncollapsed_trials(store):
     uri, ids, _ = store
-    assert [t.run_id for t in pareto_front(trials(uri), 0.1)] == [ids["h"], ids["b"]]
+    front = pareto_front(trials(uri), 0.1)
+    assert [c.trials[0].run_id for c in front] == [ids["h"], ids["b"]]
 
 
 def test_unknown_sweep_and_missing_eps_are_explained(store):
@@ -164,7 +171,7 @@ def test_cli_best_prints_the_table_and_writes_nothing(store):
     before = MlflowClient(uri).get_run(parent).data
     out = satsweep("best", "synth", "--tracking-uri", uri)
     assert out.returncode == 0, out.stderr
-    assert "champion: g" in out.stdout and "Pareto front" in out.stdout
+    assert "champion g (1 seed)" in out.stdout and "Pareto front" in out.stdout
     assert "out: clean 0.850 < floor 0.9" in out.stdout and "out: FAILED" in out.stdout
     after = MlflowClient(uri).get_run(parent).data
     assert after.tags == before.tags and after.params == before.params
@@ -218,5 +225,93 @@ def test_the_rule_is_the_sweeps_own_and_flags_override_it_saying_so(store):
     client.log_param(parent, "selection.eps", "0.1")
     assert best_run_id(uri, "synth") == ids["c"]  # 0.85 clears the sweep's own 0.8
     out = satsweep("best", "synth", "--tracking-uri", uri, "--min-clean-acc", "0.9")
-    assert out.returncode == 0 and "champion: g" in out.stdout
+    assert out.returncode == 0 and "champion g (1 seed)" in out.stdout
     assert "--min-clean-acc 0.9 overrides the sweep's 0.8" in out.stderr
+
+
+def synthetic_sweep(folder, trials: list[dict]) -> str:
+    """A store holding one sweep whose trials have these params and metrics (each dict:
+    name, params, metrics); every trial finished, unflagged."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("seeds", artifact_location=(folder / "art").as_uri())
+    parent = client.create_run(exp, run_name="seeds", tags={"satsweep.role": "sweep"})
+    for t in trials:
+        run = client.create_run(exp, run_name=t["name"], tags={
+            "satsweep.role": "trial", "mlflow.parentRunId": parent.info.run_id,
+            "satsweep.status": "finished", "masking.masking_suspected": "false"})  # fmt: skip
+        for key, value in {**JUDGED_BY, "arch.name": "mlp-8", "activation": "relu",
+                           **t["params"]}.items():  # fmt: skip
+            client.log_param(run.info.run_id, key, value)
+        for key, value in {"clean_acc": 0.95, "eval_points": 400.0, **t["metrics"]}.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id)
+    return uri
+
+
+def worst_of(all_points: float, selection: float, report: float) -> dict:
+    return {"worst_case_acc/eps_0.1": all_points,
+            "worst_case_acc/eps_0.1/selection_points": selection,
+            "worst_case_acc/eps_0.1/report_points": report}  # fmt: skip
+
+
+def test_a_lucky_seed_does_not_win(tmp_path):
+    """Recipe A: one seed at 0.9, two at 0.1 (mean 0.37); recipe B: three seeds at 0.5. The best
+    single trial is A's lucky seed; the rule ranks recipes, so B wins."""
+    lucky = [0.9, 0.1, 0.1]
+    trials = [
+        {
+            "name": f"a_seed{s}",
+            "params": {"lam": "1.0", "seed": str(s)},
+            "metrics": worst_of(w, w, w),
+        }
+        for s, w in enumerate(lucky)
+    ]
+    trials += [{"name": f"b_seed{s}", "params": {"lam": "2.0", "seed": str(s)},
+                "metrics": worst_of(0.5, 0.5, 0.5)} for s in range(3)]  # fmt: skip
+    uri = synthetic_sweep(tmp_path, trials)
+    champion = select_champion(trials_of(uri, "seeds"), SelectionRule(eps=0.1))
+    assert champion.configuration.name == "b" and len(champion.configuration.trials) == 3
+    best = satsweep("best", "seeds", "--json", "--tracking-uri", uri)
+    ranking = json.loads(best.stdout)
+    assert ranking["champion_configuration"] == "b"
+    (a,) = [c for c in ranking["configurations"] if c["configuration"] == "a"]
+    assert a["seeds"] == [0, 1, 2] and a["worst"] == pytest.approx(sum(lucky) / 3)
+    assert (
+        a["worst_min"] == 0.1
+        and a["worst_max"] == 0.9
+        and a["worst_ci"][0] < 0.37 < a["worst_ci"][1]
+    )
+
+
+def trials_of(uri: str, sweep: str) -> list:
+    return list(load_sweep(MlflowClient(uri), sweep).trials.values())
+
+
+def test_the_champion_is_graded_on_points_that_did_not_choose_it(tmp_path):
+    """The rule ranks by the selection points and the champion is reported on the others: a
+    trial that shines on the selection points only wins, and is reported at its other figure."""
+    uri = synthetic_sweep(tmp_path, [
+        {"name": "shiny_seed0", "params": {"lam": "1.0", "seed": "0"},
+         "metrics": worst_of(0.65, 0.90, 0.40)},
+        {"name": "steady_seed0", "params": {"lam": "2.0", "seed": "0"},
+         "metrics": worst_of(0.70, 0.60, 0.80)},
+    ])  # fmt: skip
+    ranking = json.loads(satsweep("best", "seeds", "--json", "--tracking-uri", uri).stdout)
+    assert ranking["champion_configuration"] == "shiny"  # chosen on the selection points
+    assert ranking["champion_worst_selection"] == 0.90
+    assert ranking["champion_worst_report"] == 0.40  # and reported where it did not choose
+    low, high = ranking["champion_worst_report_ci"]
+    assert low < 0.40 < high and high - low > 0.08  # 200 report points: about ±7 points
+
+
+def test_the_selection_and_report_points_split_every_evaluation_set_in_two():
+    import torch
+
+    from trainables.data import selection_points
+
+    for n in (1, 7, 450, 2000):
+        chosen = selection_points(n, seed=0)
+        assert int(chosen.sum()) == (n + 1) // 2 and len(chosen) == n
+        assert torch.equal(chosen, selection_points(n, seed=0))  # the same for every trial
+    assert not torch.equal(selection_points(450, 0), selection_points(450, 1))
