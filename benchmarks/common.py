@@ -35,11 +35,14 @@ def median_seconds(fn: Callable[[], None], repeats: int) -> float:
 
 
 def result(name: str, value: float, unit: str, baseline: float) -> dict:
+    """One row of results.json. A zero baseline gives ratio 1.0 when the value is zero too (a
+    worst case of 0 against 0) and None otherwise."""
+    ratio = round(value / baseline, 3) if baseline else (1.0 if value == 0 else None)
     return {
         "name": name,
         "value": round(value, 2),
         "unit": unit,
         "baseline": round(baseline, 2),
-        "ratio": round(value / baseline, 3),
+        "ratio": ratio,
         "machine": machine(),
     }

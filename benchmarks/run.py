@@ -1,12 +1,17 @@
-"""Run every benchmark, print a table, write benchmarks/results.json."""
+"""Run every benchmark, print a table, write benchmarks/results.json.
+
+`python -m benchmarks.run audit sweeps` runs only those modules and replaces their rows in
+results.json, keeping the others' (each row says the machine it was measured on)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from benchmarks import (
     attacks,
+    audit,
     big_store,
     defence_loop,
     sweeps,
@@ -19,18 +24,31 @@ from sweeps.console import quiet_libraries
 RESULTS = Path(__file__).with_name("results.json")
 
 
-def main() -> None:
+MODULES = {
+    m.__name__.rsplit(".", 1)[-1]: m
+    for m in (train_loop, defence_loop, attacks, audit, big_store, sweeps, worker_memory,
+              tracking_server)
+}  # fmt: skip
+
+
+def main(only: list[str]) -> None:
+    unknown = sorted(set(only) - set(MODULES))
+    if unknown:
+        sys.exit(f"no benchmark named {', '.join(unknown)}; choose from {', '.join(MODULES)}")
     quiet_libraries(verbose=False)  # MLflow's INFO lines as the benchmark stores are made
     results = []
-    modules = (train_loop, defence_loop, attacks, big_store, sweeps, worker_memory, tracking_server)
-    for module in modules:
-        results.extend(module.run())
+    for name, module in MODULES.items():
+        if not only or name in only:
+            results.extend(dict(r, module=name) for r in module.run())
+    if only and RESULTS.exists():  # keep the other modules' rows, in their order
+        kept = [r for r in json.loads(RESULTS.read_text()) if r.get("module") not in only]
+        results = kept + results
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     width = max(len(r["name"]) for r in results)
     print(f"{'benchmark':<{width}}  {'value':>10}  {'baseline':>10}  {'ratio':>6}  unit")
     for r in results:
         print(
-            f"{r['name']:<{width}}  {r['value']:>10}  {r['baseline']:>10}  {r['ratio']:>6}  "
+            f"{r['name']:<{width}}  {r['value']:>10}  {r['baseline']:>10}  {r['ratio']!s:>6}  "
             f"{r['unit']}"
         )
     print(f"machine: {results[0]['machine']}")
@@ -38,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

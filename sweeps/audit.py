@@ -7,6 +7,8 @@ model from). A failed audit is tagged on its run and does not fail the sweep."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ray
 from mlflow.tracking import MlflowClient
 
@@ -16,7 +18,7 @@ from sweeps.spec import SweepSpec
 from sweeps.tuner import DriverCallback
 from tracking import metric_names as names
 from tracking.record import SweepRecord, TrialRecord
-from tracking.runs import AUDITED_TAG, find_trial_run
+from tracking.runs import AUDITED_TAG, NOTHING_STANDING, find_trial_run
 from tracking.select import Champion, SelectionRule, champion_or_none
 from tracking.store import store_lock
 from trainables.trainable import AUDIT_SECONDS, SweepContext, audit_trial
@@ -26,6 +28,28 @@ def auditable(t: TrialRecord, rule: SelectionRule) -> bool:
     """A trial that ran its final evaluation and did not collapse (a constant classifier keeps
     its class share "robustly": there is nothing to audit)."""
     return t.status == "finished" and t.worst(rule.eps) is not None and not t.collapsed
+
+
+def nothing_standing(t: TrialRecord, spec: SweepSpec) -> bool:
+    """The cheap tier left no point standing at any audit eps: no attack can lower a worst case
+    of 0, so the trial's figures are final without an audit task."""
+    eps = spec.audit.eps or spec.evaluation.eps
+    return all(t.worst(e) == 0.0 for e in eps)
+
+
+def settle_without_attacks(
+    trials: list[TrialRecord], spec: SweepSpec, client: MlflowClient
+) -> list[TrialRecord]:
+    """Tag the trials with nothing standing as settled (`satsweep.audited`: nothing standing)
+    and return the others, which need an audit task."""
+    rest = []
+    for t in trials:
+        if nothing_standing(t, spec) and not t.audited:
+            client.set_tag(t.run_id, AUDITED_TAG, NOTHING_STANDING)
+            say(f"not audited {t.name}: the cheap tier left no point standing")
+        else:
+            rest.append(t)
+    return rest
 
 
 def audit_candidates(record: SweepRecord, rule: SelectionRule, top_k: int) -> list[TrialRecord]:
@@ -60,6 +84,8 @@ class EarlyAudits(DriverCallback):
             return
         t = TrialRecord.from_run(client.get_run(run_id))
         if auditable(t, self.spec.selection) and t.flagged:
+            if not settle_without_attacks([t], self.spec, client):
+                return
             job = (trial.config, trial.checkpoint, run_id, trial.trial_id)
             self.pending |= submit_audits(self.spec, [job], self.context)
 
@@ -100,7 +126,7 @@ def run_audit(
         f"({len(started)} begun while the grid ran)")  # fmt: skip
     # an earlier launch (before a --resume) may have audited some already
     batch = [t for t in candidates if t.ray_trial_id not in started and not t.audited]
-    pending = early | submit_audits(spec, _jobs(batch, checkpoints), context)
+    pending = early | _submit(spec, batch, checkpoints, context, client, record)
     done: set[str] = set()  # run ids audited, or whose audit broke (tagged, never retried)
     busy = 0.0
     while pending:
@@ -110,8 +136,25 @@ def run_audit(
         if unaudited:
             say(f"the champion by the rule, {champion.configuration.name}, is not audited yet "
                 f"({len(unaudited)} of its seeds)")  # fmt: skip
-            pending = submit_audits(spec, _jobs(unaudited, checkpoints), context)
+            pending = _submit(spec, unaudited, checkpoints, context, client, record)
     return busy
+
+
+def _submit(
+    spec: SweepSpec,
+    trials: list[TrialRecord],
+    checkpoints: dict,
+    context: SweepContext,
+    client: MlflowClient,
+    record: SweepRecord,
+) -> dict:
+    """Audit tasks for the trials that need one; those with nothing standing are settled here
+    (and read back into the record)."""
+    need = settle_without_attacks(trials, spec, client)
+    for t in trials:
+        if t not in need:
+            record.trials[t.run_id] = replace(t, audited=True)
+    return submit_audits(spec, _jobs(need, checkpoints), context)
 
 
 def _unconfirmed(champion: Champion, done: set[str], checkpoints: dict) -> list[TrialRecord]:

@@ -248,17 +248,23 @@ def _print_trials(spec, show_all: bool) -> None:
         print(f"... and {hidden} more (--all lists them)")
     print(f"{spec.num_trials} trials, {spec.training.epochs} epochs each, dataset "
           f"{spec.dataset.name}: every check passed")  # fmt: skip
-    print(power_line(spec))
+    n = evaluation_points(spec)
+    print(cost_line(spec, n))
+    print(power_line(spec, n))
 
 
-def power_line(spec) -> str:
-    """What the sweep can tell apart, before it trains: the smallest difference of two
-    configurations a paired comparison detects (80 % power, 5 % level) at its points and seeds."""
-    from tracking.evidence import ASSUMED_DISCORDANCE, detectable_difference
+def evaluation_points(spec) -> int:
     from trainables.data import load_dataset
 
     d = spec.dataset
-    n = min(spec.evaluation.size, len(load_dataset(d.name, d.data_dir, d.download).y_test))
+    return min(spec.evaluation.size, len(load_dataset(d.name, d.data_dir, d.download).y_test))
+
+
+def power_line(spec, n: int) -> str:
+    """What the sweep can tell apart, before it trains: the smallest difference of two
+    configurations a paired comparison detects (80 % power, 5 % level) at its points and seeds."""
+    from tracking.evidence import ASSUMED_DISCORDANCE, detectable_difference
+
     k = len(spec.grid.seeds)
     mde = 100 * detectable_difference(n, k)
     seeds = f"{k} seed{'s' if k > 1 else ''}"
@@ -266,6 +272,28 @@ def power_line(spec) -> str:
             f"points cannot be told apart (80 % power, 5 % level, if {ASSUMED_DISCORDANCE:.0%} of "
             "the points disagree between two compared models; spread between seeds widens it): "
             "raise evaluation.size or add grid.seeds to see smaller ones")  # fmt: skip
+
+
+def cost_line(spec, n: int) -> str:
+    """What the evaluation costs per trial, in attack-point-steps, before anything runs."""
+    from trainables.audit import evaluation_cost
+
+    cost = evaluation_cost(spec, n)
+    line = f"evaluation: at most {_steps(cost.cheap)} attack-point-steps per trial (cheap tier)"
+    if not spec.audit.enabled or not cost.audit:
+        return line + "; no audit"
+    parts = ", ".join(f"{name} {_steps(v)}" for name, v in cost.audit.items())
+    reused = (f"; {', '.join(cost.reused)} run once, as AutoAttack's stage and for its own "
+              "figure" if cost.reused else "")  # fmt: skip
+    twice = ("; Square runs twice (audit.square_queries 5000, AutoAttack's, would make one run "
+             "serve both)" if "square" in cost.audit and "autoattack/square" in cost.audit
+             else "")  # fmt: skip
+    return (f"{line}, and at most {_steps(sum(cost.audit.values()))} more per audited trial "
+            f"({parts}{reused}){twice}; attacks stop on the points they break")  # fmt: skip
+
+
+def _steps(count: int) -> str:
+    return f"{count / 1e6:.1f} M" if count >= 100_000 else f"{count:,}"
 
 
 def cmd_run(args) -> int:
@@ -373,6 +401,7 @@ def _configuration_json(c, rule: SelectionRule, verdict_: tuple[bool, str]) -> d
         "worst_max": spread[2] if spread else None, "fgsm": c.fgsm(e),
         "flags": sorted({f for t in c.trials for f in t.flags}),
         "audited": all(t.audited for t in c.trials), "collapsed": c.collapsed,
+        "defence_failures": c.defence_failures,
         "eligible": verdict_[0], "why": verdict_[1],
     }  # fmt: skip
 
@@ -409,7 +438,7 @@ def _print_ranking(record, ranked, verdicts, champion, rule: SelectionRule, args
     print(f"{'':2}{'configuration':<{width}}  {'seeds':>5}  {'clean':>22}  "
           f"{'worst@' + e + ' [95% CI]':>24}  {'ranked':>6}  in or out, and why")  # fmt: skip
     for c in shown_rows:
-        mark = "*" if c is champion.configuration else " "
+        mark = "*" if champion is not None and c.name == champion.configuration.name else " "
         print(f"{mark} {c.name:<{width}}  {len(c.trials):>5}  "
               f"{shown(c.clean, c.clean_interval()):>22}  "
               f"{shown(c.worst(rule.eps), c.worst_interval(rule.eps)):>24}  "

@@ -135,6 +135,10 @@ def closing_lines(record, rule, usage: dict, failed: int, launch: int, tracking_
         f"{int(u[names.SWEEP_SLOTS])} slots); epochs trained {u[names.SWEEP_EPOCHS_RUN]:.0f} of "
         f"the grid's {u[names.SWEEP_GRID_EPOCHS]:.0f} ({u[names.SWEEP_EPOCHS_RATIO]:.2f})"
     )
+    if names.SWEEP_TRAIN_SECONDS in u:
+        say(f"compute: training {u[names.SWEEP_TRAIN_SECONDS]:.0f} s, cheap attacks "
+            f"{u[names.SWEEP_CHEAP_SECONDS]:.0f} s, audit {u[names.SWEEP_AUDIT_SECONDS]:.0f} s "
+            f"({u[names.SWEEP_AUDIT_SHARE]:.0%} of the three)")  # fmt: skip
     champion = champion_or_none(record.trials.values(), rule)
     if champion is None:
         say(f"no champion yet by the rule ({rule.describe()}): `{command()} best "

@@ -1,6 +1,7 @@
 """What a sweep cost, logged on its sweep run and said in its closing lines: slot utilisation
-(busy seconds of trial attempts and audit tasks over slots x wall time) and the epochs trained
-against the grid's own.
+(busy seconds of trial attempts and audit tasks over slots x wall time), the epochs trained
+against the grid's own, and where the trials' compute went (training, the cheap attack tier,
+the audit).
 
 Each launch counts its own work and its own wall time (`tuner.LaunchClock`); a resumed sweep
 adds them to the launches before it, so the hours a crashed sweep sat idle before `--resume`
@@ -47,6 +48,29 @@ def epochs_trained(spec: SweepSpec, record: SweepRecord) -> dict[str, float]:
         names.SWEEP_EPOCHS_RUN: run,
         names.SWEEP_GRID_EPOCHS: float(grid),
         names.SWEEP_EPOCHS_RATIO: run / grid,
+    }
+
+
+def compute_split(spec: SweepSpec, record: SweepRecord) -> dict[str, float]:
+    """Seconds of training, of the cheap attack tier and of the audit's attacks, summed over the
+    trials from their own metrics (`train_seconds_per_epoch` x epochs run, `attack_seconds/*`),
+    and the audit's share of the three: the figure the audit's planning is judged by."""
+    audit_attacks = set(spec.audit.attacks)
+    train = cheap = audit = 0.0
+    for t in record.trials.values():
+        train += t.metrics.get(names.SECONDS_PER_EPOCH, 0.0) * t.epochs_run
+        for key, seconds in t.metrics.items():
+            attack = names.parse_attack_seconds(key)
+            if attack in audit_attacks:
+                audit += seconds
+            elif attack is not None:
+                cheap += seconds
+    total = train + cheap + audit
+    return {
+        names.SWEEP_TRAIN_SECONDS: train,
+        names.SWEEP_CHEAP_SECONDS: cheap,
+        names.SWEEP_AUDIT_SECONDS: audit,
+        names.SWEEP_AUDIT_SHARE: audit / total if total > 0 else 0.0,
     }
 
 

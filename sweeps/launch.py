@@ -20,7 +20,7 @@ from ray import tune
 from sweeps.audit import EarlyAudits, run_audit
 from sweeps.cluster import connect_ray, experiment_path
 from sweeps.console import closing_lines, command, header, quiet_libraries, say
-from sweeps.costs import epochs_trained, launch_usage, log_usage
+from sweeps.costs import compute_split, epochs_trained, launch_usage, log_usage
 from sweeps.grid import grid_points, trial_name
 from sweeps.preflight import (
     PreflightError,
@@ -212,6 +212,7 @@ def account(
     """What this launch and the sweep so far cost, logged on the sweep run."""
     before = record.parent.data.metrics  # the previous launches' totals, as they left them
     usage = launch_usage(spec, clock, audit_seconds, before) | epochs_trained(spec, record)
+    usage |= compute_split(spec, record)
     log_usage(client, record.parent_run_id, usage, launch_number(record.parent))
     return usage
 

@@ -131,12 +131,6 @@ class SweepSpec(SweepSettings):
             f"{self.name!r} is not a usable sweep name (it names a folder and an experiment)",
             "use up to 100 letters, digits, '_', '-' or '.', starting with a letter or digit",
         )
-        require(
-            self.audit.size >= self.evaluation.size,
-            "audit.size",
-            f"is smaller than evaluation.size ({self.evaluation.size})",
-            "the audit set must contain the evaluation subset: make it at least as large",
-        )
         longest = run_name(
             max(self.architectures, key=len),
             max(self.grid.activations, key=len),
@@ -327,6 +321,15 @@ MOVED = {
 }
 
 
+# keys of earlier specs that no longer mean anything: (what happened, the fix)
+REMOVED = {
+    "audit.size": (
+        "was removed: the audit attacks the evaluation points, the ones its worst case is on",
+        "delete it (set evaluation.size for more points)",
+    ),
+}
+
+
 def _unindexed(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if not isinstance(p, int))
 
@@ -360,6 +363,8 @@ def _explain(error: dict, raw: dict) -> tuple[str, str, str]:
         return _path((*loc, *cause.where.split("."))), cause.problem, cause.fix
     if kind == "missing":
         return where, "missing required field", f"add `{loc[-1]}:` to the spec"
+    if kind == "extra_forbidden" and _unindexed(loc) in REMOVED:
+        return where, *REMOVED[_unindexed(loc)]
     if kind == "extra_forbidden" and _unindexed(loc) in MOVED:
         return where, "was renamed", f"write it as `{MOVED[_unindexed(loc)]}` (same meaning)"
     if kind == "extra_forbidden":

@@ -10,9 +10,12 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainables.data import default_mnist_root
+from trainables.evaluate import eval_indices
 from trainables.settings import ArchitectureSettings, SweepSettings, TrialSettings
+from trainables.train import new_state, train
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST10K = default_mnist_root()
@@ -67,3 +70,35 @@ def digits():
     from trainables.data import load_dataset
 
     return load_dataset("digits", None, False)
+
+
+# real trained models the attack and audit tests share (digits, CPU, seconds to train)
+@pytest.fixture(scope="session")
+def eval_points(digits):
+    idx = eval_indices(len(digits.y_test), 200, seed=0)
+    return digits.x_test[idx], digits.y_test[idx]
+
+
+def trained_net(digits, activation: str):
+    cfg = make_cfg(activation=activation, training={"epochs": 10})
+    state = new_state(cfg, digits, torch.device("cpu"))
+    for _ in train(cfg, digits, state):
+        pass
+    return state.model.eval()
+
+
+@pytest.fixture(scope="session")
+def relu_net(digits):
+    return trained_net(digits, "relu")
+
+
+@pytest.fixture(scope="session")
+def saturated_net(digits):
+    """A trained sigmoid MLP with its hidden layer scaled x100 (most |h| > 20) and its output
+    layer x100 (softmax rounds to exactly one-hot in float32)."""
+    net = copy.deepcopy(trained_net(digits, "sigmoid"))
+    with torch.no_grad():
+        for layer in (net.dense[0], net.out):
+            layer.weight *= 100
+            layer.bias *= 100
+    return net

@@ -28,6 +28,8 @@ TRAIN_SECONDS = "train_seconds"  # this epoch's training, wall clock
 SECONDS_PER_EPOCH = "train_seconds_per_epoch"  # mean over the epochs trained so far
 EARLY_STOPPING = "early_stopping/eval_pgd_acc"  # per epoch where ASHA ranks by it
 OVERFITTING = "overfitting/train_pgd_acc"  # per epoch under a defence: the overfitting watch
+OVERFITTING_SINGLE_STEP = "overfitting/train_fgsm_acc"  # the same batch under FGSM
+NEVER_ROBUST = "never_robust"  # last epoch: 1.0 when the watch's PGD accuracy never rose
 EPOCHS_RUN = "training_epochs_run"  # epochs this trial trained, retrained ones after a restore too
 TWIN_EPOCHS_TRAINED = "twin_epochs_trained"  # epochs spent training the lambda = 0 twin (0: reused)
 TWIN_WAIT_SECONDS = "twin_wait_seconds"  # waiting for the twin's own trial to log its weights
@@ -46,12 +48,17 @@ SWEEP_UTILISATION = "sweep/slot_utilisation"  # busy / (slots x wall), over the 
 SWEEP_EPOCHS_RUN = "sweep/training_epochs_run"  # every trial's, retrained epochs and twins too
 SWEEP_GRID_EPOCHS = "sweep/grid_epochs"
 SWEEP_EPOCHS_RATIO = "sweep/training_epochs_ratio"
+# where the trials' compute went, summed over the record's trials (sweeps/costs.compute_split)
+SWEEP_TRAIN_SECONDS = "sweep/train_seconds"  # training, twins included
+SWEEP_CHEAP_SECONDS = "sweep/cheap_attack_seconds"  # every trial's cheap attack tier
+SWEEP_AUDIT_SECONDS = "sweep/audit_attack_seconds"  # the audited trials' Square and AutoAttack
+SWEEP_AUDIT_SHARE = "sweep/audit_share"  # audit over all three
 _MASKING = "masking/"
 _MASKING_TAG = "masking."
 _ROBUST = "robust_acc/"
 _WORST = "worst_case_acc/"
 _SECONDS = "attack_seconds/"
-_AUDIT_SET = "audit_set_acc/"
+_STAGE_SECONDS = "autoattack_seconds/"  # one per AutoAttack stage the audit ran itself
 SATURATION = "saturation/"
 SATURATION_FLAT = "saturation_float32_flat/"
 WEIGHT_KURTOSIS = "weight_kurtosis/"
@@ -93,8 +100,8 @@ def attack_seconds(attack: str) -> str:
     return f"{_SECONDS}{attack}"
 
 
-def audit_set_acc(attack: str, eps: float) -> str:
-    return f"{_AUDIT_SET}{attack}/{eps_key(eps)}"
+def autoattack_stage_seconds(stage: str) -> str:
+    return f"{_STAGE_SECONDS}{stage}"
 
 
 def masking(diagnostic: str) -> str:

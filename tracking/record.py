@@ -18,7 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from tracking import metric_names as names
 from tracking.evidence import interval
-from tracking.runs import AUDITED_TAG, STATUS_TAG, TRIAL_ID_TAG, trial_runs
+from tracking.runs import (
+    AUDITED_TAG,
+    DEFENCE_FAILURE_TAG,
+    NOTHING_STANDING,
+    STATUS_TAG,
+    TRIAL_ID_TAG,
+    trial_runs,
+)
 from tracking.sweep_run import latest_sweep_run
 
 SETTING_AXES = ("arch.name", "activation", "lam", "defence", "seed")  # what varies in a grid
@@ -38,6 +45,7 @@ class TrialRecord:
     audited: bool
     start_ms: int
     end_ms: int | None
+    defence_failure: str | None = None  # how its training-time defence failed, in words
 
     @classmethod
     def from_run(cls, run: Run) -> TrialRecord:
@@ -51,9 +59,10 @@ class TrialRecord:
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
             flags=tuple(names.flags_from_tags(tags)),
-            audited=tags.get(AUDITED_TAG) == "true",
+            audited=tags.get(AUDITED_TAG) in ("true", NOTHING_STANDING),
             start_ms=run.info.start_time,
             end_ms=run.info.end_time,
+            defence_failure=tags.get(DEFENCE_FAILURE_TAG),
         )
 
     # the grid point
@@ -289,6 +298,13 @@ class Configuration:
     @property
     def flagged(self) -> bool:
         return any(t.flagged for t in self.trials)
+
+    @property
+    def defence_failures(self) -> list[str]:
+        """How its defence failed, seed by seed ("seed 1: never robust: ..."), for those it did."""
+        prefix = len(self.trials) > 1
+        return [f"seed {t.seed}: {t.defence_failure}" if prefix else t.defence_failure
+                for t in self.trials if t.defence_failure]  # fmt: skip
 
 
 def configurations(trials) -> list[Configuration]:

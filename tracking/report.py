@@ -267,11 +267,9 @@ def defence_table(record: SweepRecord, eps: float) -> list[str]:
         t = c.trials[0]
         seconds, base = cost.get(cost_key(c, defence_label(c))), cost.get(cost_key(c, "none"))
         ratio = f"{seconds / base:.1f}×" if seconds and base else "–"
-        note = (
-            "collapsed"
-            if c.collapsed
-            else ", ".join(sorted({f for x in c.trials for f in x.flags}))
-        )
+        failures = sorted({x.defence_failure.split(":")[0] for x in c.trials if x.defence_failure})
+        flags = sorted({f for x in c.trials for f in x.flags})
+        note = ", ".join(["collapsed"] if c.collapsed else [*failures, *flags])
         cells = [t.arch, t.activation, defence_label(c), f"{t.lam:g}", str(len(c.trials)),
                  shown(c.clean, None), shown(c.fgsm(eps), None)]  # fmt: skip
         cells += [shown(c.worst(e), c.worst_interval(e)) for e in eps_list]
@@ -295,7 +293,8 @@ def configuration_table(record: SweepRecord, rule: SelectionRule) -> list[str]:
     ]
     for c in sorted(record.configurations(), key=lambda c: c.name):
         t = c.trials[0]
-        name = f"**{c.name}** (champion)" if champion and c is champion.configuration else c.name
+        chosen = champion is not None and c.name == champion.configuration.name
+        name = f"**{c.name}** (champion)" if chosen else c.name
         spread = c.spread(e)
         flags = ", ".join(sorted({f for x in c.trials for f in x.flags})) or "–"
         lines.append(

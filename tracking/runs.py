@@ -25,8 +25,13 @@ STATUS_TAG = "satsweep.status"
 RESTARTS_TAG = "satsweep.restarts"  # times Ray restarted the trial (retries and resumes)
 LAUNCHES_TAG = "satsweep.launches"  # on the sweep run: its first launch and every --resume
 AUDITED_TAG = "satsweep.audited"  # "true" once the audit tier's results are merged in
+# its value for a trial the cheap tier left nothing standing on: no attack can lower a 0
+NOTHING_STANDING = "nothing standing"
 COLLAPSED_TAG = "satsweep.collapsed"  # "true": a constant or chance-level classifier
-OVERFITTING_TAG = "satsweep.catastrophic_overfitting"  # "epoch N" where the collapse began
+# how a training-time defence failed, in words: "catastrophic overfitting at epoch N: ..." (a fall
+# after a robust epoch) or "never robust: ..." (no robust epoch at all)
+DEFENCE_FAILURE_TAG = "satsweep.defence_failure"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 WEIGHTS_TAG = "satsweep.final_weights"  # "true" once model/state_dict.pt holds the trained model
 TWIN_TAG = "satsweep.twin_trained"  # this run trained the named lambda = 0 twin and logged it
 TWIN_CLAIM_TAG = "satsweep.training_twin"  # this run is training the named lambda = 0 twin now
@@ -197,6 +202,12 @@ def finish_run(client: MlflowClient, run_id: str, status: str, note: str | None 
     if note:
         client.set_tag(run_id, STATUS_TAG, note)
     client.set_terminated(run_id, status=status)
+
+
+def record_defence_failure(client: MlflowClient, run_id: str, note: str) -> None:
+    """The failure as a searchable tag and as the run's description, where the UI shows it."""
+    client.set_tag(run_id, DEFENCE_FAILURE_TAG, note)
+    client.set_tag(run_id, DESCRIPTION_TAG, f"Defence failed: {note}.")
 
 
 def log_masking_tags(client: MlflowClient, run_id: str, flags: dict[str, bool]) -> None:

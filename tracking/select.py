@@ -127,7 +127,13 @@ def doubt(t: TrialRecord) -> str | None:
 
 
 def verdict(t: TrialRecord, rule: SelectionRule) -> tuple[bool, str]:
-    """(eligible, why) for one trial, in words a person can check against the rule."""
+    """(eligible, why) for one trial, in words a person can check against the rule, and how its
+    defence failed where it did (that alone does not rule it out: its worst case shows it)."""
+    eligible, why = _verdict(t, rule)
+    return eligible, f"{why}; defence {t.defence_failure}" if t.defence_failure else why
+
+
+def _verdict(t: TrialRecord, rule: SelectionRule) -> tuple[bool, str]:
     if t.status != "finished":
         return False, f"out: {t.status or 'not finished'}"
     if t.worst(rule.eps) is None:
@@ -167,7 +173,8 @@ def configuration_verdict(c: Configuration, rule: SelectionRule) -> tuple[bool, 
         return verdicts[0][1]
     out = [(t, why) for t, (ok, why) in verdicts if not ok]
     if not out:
-        return True, f"in: all {len(verdicts)} seeds in"
+        failed = "; ".join(c.defence_failures)
+        return True, f"in: all {len(verdicts)} seeds in" + (f"; defence {failed}" if failed else "")
     t, why = out[0]
     more = f" (and {len(out) - 1} more seeds)" if len(out) > 1 else ""
     return False, f"out: seed {t.seed} {why.removeprefix('out: ')}{more}"

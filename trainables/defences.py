@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks.gradient import pgd, pgd_train
+from trainables.attacks.gradient import fgsm, pgd, pgd_train
 from trainables.penalty import saturation_penalty
 from trainables.settings import DefenceSettings, TrialSettings
 
@@ -105,3 +105,32 @@ def pgd_accuracy(
             robust &= model(x_adv).argmax(1) == y
     model.train(was_training)
     return robust.float().mean().item()
+
+
+def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
+    """Single-step (FGSM) accuracy on the same fixed batch: beside the watch's PGD accuracy it
+    tells a defence that never became robust (high) from one that cannot fit at all (low)."""
+    was_training = model.training
+    model.eval()
+    x_adv = fgsm(model, x, y, eps)
+    with torch.no_grad():
+        accuracy = (model(x_adv).argmax(1) == y).float().mean().item()
+    model.train(was_training)
+    return accuracy
+
+
+def never_robust(best_pgd: float, final_fgsm: float, drop: float) -> bool:
+    """Catastrophic overfitting from the first epoch: the watch's PGD accuracy never rose above
+    `drop` (so no fall of more than `drop` could ever be seen), while single-step accuracy ended
+    more than `drop` above it: the model learned to beat the training attack, not to be robust."""
+    return best_pgd <= drop and final_fgsm > best_pgd + drop
+
+
+def overfitting_note(epoch: int, accuracy: float, best: float, best_epoch: int) -> str:
+    return (f"catastrophic overfitting at epoch {epoch}: training PGD accuracy {accuracy:.2f}, "
+            f"down from {best:.2f} at epoch {best_epoch}")  # fmt: skip
+
+
+def never_robust_note(best: float, single_step: float) -> str:
+    return (f"never robust: training PGD accuracy at most {best:.2f} in every epoch, while "
+            f"single-step (FGSM) accuracy ended at {single_step:.2f}")  # fmt: skip

@@ -9,7 +9,7 @@ aggregate accuracies. No Ray, no MLflow: `trainable.py` logs what this returns.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -17,8 +17,9 @@ from torch import nn
 from tracking import metric_names as names
 from tracking.evidence import wilson
 from trainables.attacks import ATTACKS
+from trainables.attacks.autoattack import AUTOATTACK_APGD_ITERATIONS
 from trainables.data import Dataset, fixed_subset, selection_points
-from trainables.masking import diagnose, zero_gradient_fraction
+from trainables.masking import UNBOUNDED_ATTACK, diagnose, zero_gradient_fraction
 from trainables.settings import SweepSettings, TrialSettings
 
 BOUND_TOLERANCE = 1e-6  # float32 rounding when projecting onto the eps-ball
@@ -34,10 +35,22 @@ class AttackResult:
     eps: float
     robust: torch.Tensor  # bool, one per evaluation point
     seconds: float
+    # False: the attack ran only on the points the earlier ones left standing (`robust` is then
+    # what stands after it too), so its accuracy is not its own figure and is not logged
+    own: bool = True
+    # True: this run is also one of AutoAttack's stages on these points (`attack_groups`)
+    autoattack_stage: bool = False
 
     @property
     def accuracy(self) -> float:
-        return self.robust.float().mean().item()
+        return share(self.robust)
+
+
+def share(mask: torch.Tensor) -> float:
+    """The fraction of True entries, as an exact count over a count in float64: every figure
+    (an attack's accuracy, the worst case, a half) goes through it, so a worst case is never a
+    float32 rounding above the attack accuracy it is the minimum of."""
+    return int(mask.sum()) / mask.numel()
 
 
 def eval_indices(n_test: int, size: int, seed: int) -> torch.Tensor:
@@ -76,21 +89,87 @@ def run_attacks(
     eps_list: tuple[float, ...],
     settings: SweepSettings,
     surrogate: nn.Module | None = None,
+    own: tuple[str, ...] | None = None,
 ) -> list[AttackResult]:
-    """Every attack at every eps, each output bounds-checked and scored on the float32 model."""
+    """Every attack at every eps on the clean-correct points (a misclassified point is not
+    robust whatever an attack does), each output bounds-checked and scored on the float32 model.
+    `own`: the attacks whose own figure is wanted at the unbounded eps (the rest run there only
+    on the points those left standing: the box's worst case needs no more). At the bounded eps
+    every attack's own figure feeds the masking diagnostics. APGD-CE and APGD-T at AutoAttack's
+    settings run as AutoAttack's first two stages (`autoattack_stage_points`), so the audit
+    reads them instead of running them again."""
     model.eval()
     clean = correct(model, x, y)
-    batch = settings.evaluation.attack_batch_size
+    unbounded = settings.evaluation.unbounded_eps
     results = []
     for eps in eps_list:
-        for name in attacks:
-            options = attack_options(name, eps, settings, surrogate)
-            start = time.perf_counter()
-            x_adv = attack_in_batches(ATTACKS[name].run, model, x, y, eps, options, batch)
-            seconds = time.perf_counter() - start
-            check_bounds(name, x_adv, x, eps)
-            results.append(AttackResult(name, eps, clean & correct(model, x_adv, y), seconds))
+        wanted = attacks if own is None or eps != unbounded else own
+        standing = clean.clone()
+        done: dict[str, AttackResult] = {}
+        for name in _in_turn(attacks, wanted):
+            if name in wanted:
+                groups, stage = attack_groups(name, clean, done, settings)
+            else:
+                groups, stage = [standing.nonzero().flatten()], False
+            result = attack_points(model, x, y, name, eps, settings, surrogate, groups)
+            result.own, result.autoattack_stage = name in wanted, stage
+            standing &= result.robust
+            done[name] = result
+            results.append(result)
     return results
+
+
+def _in_turn(attacks: tuple[str, ...], wanted: tuple[str, ...]) -> list[str]:
+    """The order attacks run in at one eps: the own figures first, APGD-CE before APGD-T (as in
+    AutoAttack), otherwise the spec's order."""
+    return sorted(attacks, key=lambda a: (a not in wanted, a == "apgd_t"))
+
+
+def attack_groups(
+    name: str, clean: torch.Tensor, done: dict[str, AttackResult], settings: SweepSettings
+) -> tuple[list[torch.Tensor], bool]:
+    """(the point sets an attack's own run covers, each in its own batches; whether that run is
+    also one of AutoAttack's stages). An attack's own figure needs every clean-correct point.
+    At AutoAttack's iterations (`autoattack_stage_points`) APGD-CE on the clean-correct points
+    in `attack_batch_size` batches is AutoAttack's first stage, and APGD-T on the points APGD-CE
+    left standing, in the same batches, is its second; APGD-T then attacks the points APGD-CE
+    broke, for its own figure."""
+    everyone = clean.nonzero().flatten()
+    if settings.evaluation.apgd_iterations != AUTOATTACK_APGD_ITERATIONS:
+        return [everyone], False
+    if name == "apgd_ce":
+        return [everyone], True
+    first = done.get("apgd_ce")
+    if name == "apgd_t" and first is not None and first.own and first.autoattack_stage:
+        standing = first.robust
+        return [standing.nonzero().flatten(), (clean & ~standing).nonzero().flatten()], True
+    return [everyone], False
+
+
+def attack_points(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    name: str,
+    eps: float,
+    settings: SweepSettings,
+    surrogate: nn.Module | None,
+    groups: list[torch.Tensor],
+) -> AttackResult:
+    """One attack at one eps on the points each group indexes, group after group; the result
+    says, per point, whether the point is correct and survived (False where it did not run:
+    only misclassified or already broken points are left out)."""
+    robust = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    options = attack_options(name, eps, settings, surrogate)
+    batch = settings.evaluation.attack_batch_size
+    seconds = 0.0
+    for on in (g for g in groups if len(g)):
+        start = time.perf_counter()
+        x_adv = attack_in_batches(ATTACKS[name].run, model, x[on], y[on], eps, options, batch)
+        seconds += time.perf_counter() - start
+        check_bounds(name, x_adv, x[on], eps)
+        robust[on] = correct(model, x_adv, y[on])
+    return AttackResult(name, eps, robust, seconds)
 
 
 def attack_in_batches(
@@ -117,8 +196,8 @@ def robustness_curves_data(
     """({(attack, eps): accuracy}, {eps: worst case}) over the bounded budgets: what a trial's
     robustness-curves figure draws."""
     bounded = [r for r in results if r.eps != unbounded_eps]
-    accuracy = {(r.attack, r.eps): r.accuracy for r in bounded}
-    worst = {e: worst_case(bounded, e).float().mean().item() for e in {r.eps for r in bounded}}
+    accuracy = {(r.attack, r.eps): r.accuracy for r in bounded if r.own}
+    worst = {e: share(worst_case(bounded, e)) for e in {r.eps for r in bounded}}
     return accuracy, worst
 
 
@@ -133,8 +212,8 @@ def worst_case_figures(worst: torch.Tensor, selection: torch.Tensor, eps: float)
         names.worst_case_acc(eps): k / n,
         names.worst_case_bound(eps, "low"): low,
         names.worst_case_bound(eps, "high"): high,
-        names.worst_case_on(eps, names.SELECTION): chosen.float().mean().item(),
-        names.worst_case_on(eps, names.REPORT): reported.float().mean().item(),
+        names.worst_case_on(eps, names.SELECTION): share(chosen),
+        names.worst_case_on(eps, names.REPORT): share(reported),
     }
 
 
@@ -143,7 +222,8 @@ def robustness_metrics(results: list[AttackResult], selection: torch.Tensor) -> 
     and how many points they rest on."""
     metrics: dict[str, float] = {names.EVAL_POINTS: float(len(selection))}
     for r in results:
-        metrics[names.robust_acc(r.attack, r.eps)] = r.accuracy
+        if r.own:
+            metrics[names.robust_acc(r.attack, r.eps)] = r.accuracy
         key = names.attack_seconds(r.attack)
         metrics[key] = metrics.get(key, 0.0) + r.seconds
     for eps in sorted({r.eps for r in results}):
@@ -164,13 +244,13 @@ def evaluate_robustness(
     attacks = tuple(
         a for a in ecfg.attacks if not ATTACKS[a].needs_surrogate or surrogate is not None
     )
-    results = run_attacks(model, x, y, attacks, eps_list, settings, surrogate)
+    at_box = (UNBOUNDED_ATTACK,)  # the box's only own figure a diagnostic reads
+    results = run_attacks(model, x, y, attacks, eps_list, settings, surrogate, own=at_box)
     metrics = robustness_metrics(results, selection_points(len(y), ecfg.seed))
     share, collapsed = collapse_check(model, x, y, settings)
     metrics[names.MAJORITY_SHARE], metrics[names.COLLAPSED] = share, float(collapsed)
-    acc = {(r.attack, r.eps): r.accuracy for r in results}
     diagnostics = diagnose(
-        acc,
+        own_accuracies(results),
         zero_gradient_fraction(model, x, y, torch.float32),
         zero_gradient_fraction(model, x, y, torch.float64),
         ecfg,
@@ -191,11 +271,11 @@ def collapse_check(
     lower, so it is neither robust nor a masking suspect, just broken."""
     logits = model(x)
     predictions = logits.argmax(1)
-    share = predictions.bincount().max().item() / len(predictions)
-    accuracy = (predictions == y).float().mean().item()
+    majority = predictions.bincount().max().item() / len(predictions)
+    accuracy = share(predictions == y)
     e = settings.evaluation
     chance = e.collapse_chance_factor / logits.shape[1]
-    return share, share >= e.collapse_share or accuracy <= chance
+    return majority, majority >= e.collapse_share or accuracy <= chance
 
 
 def quick_evaluation(cfg: TrialSettings, data: Dataset, model: nn.Module) -> dict:
@@ -210,48 +290,52 @@ def quick_evaluation(cfg: TrialSettings, data: Dataset, model: nn.Module) -> dic
 # ---- per-example results, stored with the trial and joined by the audit ---------------------
 
 
+def own_accuracies(results: list[AttackResult]) -> dict[tuple[str, float], float]:
+    """{(attack, eps): accuracy} of the results that are their attack's own figure: what the
+    masking diagnostics compare."""
+    return {(r.attack, r.eps): r.accuracy for r in results if r.own}
+
+
+def _result_json(r: AttackResult) -> dict:
+    return {"attack": r.attack, "eps": r.eps, "own": r.own,
+            "autoattack_stage": r.autoattack_stage, "robust": r.robust.int().tolist()}  # fmt: skip
+
+
 def per_example_record(
     indices: torch.Tensor, results: list[AttackResult], clean: torch.Tensor, seed: int
 ) -> dict:
     """Every attack's result on every evaluation point, each point's clean correctness and its
     purpose (1: a selection point, 0: a report point): what an audit joins, and what comparisons
-    and intervals pair point by point (JSON-ready)."""
+    and intervals pair point by point (JSON-ready). `own` false: the attack ran only on the
+    points still standing (see `AttackResult.own`)."""
     return {
         "eval_indices": indices.tolist(),
         "clean": clean.int().tolist(),
         "selection": selection_points(len(indices), seed).int().tolist(),
-        "results": [
-            {"attack": r.attack, "eps": r.eps, "robust": r.robust.int().tolist()} for r in results
-        ],
+        "results": [_result_json(r) for r in results],
     }
 
 
-def merge_audit(
-    record: dict, audit_indices: torch.Tensor, audit_results: list[AttackResult]
-) -> list[AttackResult]:
-    """The stored results plus the audit's, restricted to the evaluation subset (the audit set
-    contains it: both are prefixes of the same seeded permutation); an attack the audit runs
-    replaces what the record held of it."""
-    position = {int(i): p for p, i in enumerate(audit_indices.tolist())}
-    on_eval = torch.tensor([position[i] for i in record["eval_indices"]])
-    audited = {r.attack for r in audit_results}
-    stored = [
-        AttackResult(r["attack"], float(r["eps"]), torch.tensor(r["robust"]).bool(), 0.0)
+def stored_results(record: dict) -> list[AttackResult]:
+    """The per-example record's results as AttackResults (CPU, no seconds)."""
+    return [
+        AttackResult(r["attack"], float(r["eps"]), torch.tensor(r["robust"]).bool(), 0.0,
+                     own=r.get("own", True), autoattack_stage=r.get("autoattack_stage", False))
         for r in record["results"]
-        if r["attack"] not in audited
-    ]
-    audit = [
-        AttackResult(r.attack, r.eps, r.robust[on_eval.to(r.robust.device)].cpu(), r.seconds)
-        for r in audit_results
-    ]
-    return stored + audit
+    ]  # fmt: skip
+
+
+def merge_audit(stored: list[AttackResult], audit: list[AttackResult]) -> list[AttackResult]:
+    """The stored results with the audit's joined in, on the same evaluation points; an
+    (attack, eps) the audit ran replaces what the record held of it (a re-audit after a resume)."""
+    ran = {(r.attack, r.eps) for r in audit}
+    kept = [r for r in stored if (r.attack, r.eps) not in ran]
+    return kept + [replace(r, robust=r.robust.cpu()) for r in audit]
 
 
 def record_with(record: dict, results: list[AttackResult]) -> dict:
     """The per-example record with these results in place of its own (after an audit)."""
-    return {**record, "results": [
-        {"attack": r.attack, "eps": r.eps, "robust": r.robust.int().tolist()} for r in results
-    ]}  # fmt: skip
+    return {**record, "results": [_result_json(r) for r in results]}
 
 
 def audit_metrics(
@@ -262,7 +346,7 @@ def audit_metrics(
     cfg: TrialSettings,
 ) -> tuple[dict, dict]:
     """(metrics, diagnostics) after an audit: worst case and flags recomputed per example over
-    the cheap tier and the audit together; the audit's own accuracy on its larger set too."""
+    the cheap tier and the audit together; attack seconds only for the audit's own attacks."""
     audited = {r.attack for r in audit_results}
     selection = selection_points(len(merged[0].robust), cfg.evaluation.seed)
     metrics = {
@@ -270,11 +354,9 @@ def audit_metrics(
         for k, v in robustness_metrics(merged, selection).items()
         if names.parse_attack_seconds(k) in (None, *audited)
     }
-    for r in audit_results:
-        metrics[names.audit_set_acc(r.attack, r.eps)] = r.accuracy
-    acc = {(r.attack, r.eps): r.accuracy for r in merged}
     diagnostics = diagnose(
-        acc, zero_f32, zero_f64, cfg.evaluation, transfer_is_black_box=cfg.lam != 0
-    )
+        own_accuracies(merged), zero_f32, zero_f64, cfg.evaluation,
+        transfer_is_black_box=cfg.lam != 0,
+    )  # fmt: skip
     metrics |= {names.masking(name): value for name, (value, _) in diagnostics.items()}
     return metrics, diagnostics

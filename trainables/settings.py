@@ -289,12 +289,12 @@ class EvaluationSettings(Section):
 
 
 class AuditSettings(Section):
-    """Square and AutoAttack `standard` after the grid, on the top-k trials by the selection rule
-    (the spec's `selection`) and every flagged trial."""
+    """Square and AutoAttack `standard` after the grid, on the evaluation points of the top-k
+    trials by the selection rule (the spec's `selection`) and of every flagged trial. At
+    `square_queries` 5000 (AutoAttack's budget) Square's one run is also AutoAttack's Square."""
 
     enabled: bool = True
     top_k: int = Field(2, ge=0, le=1_000_000, **fix("use 0 to audit flagged trials only"))
-    size: int = Field(1000, ge=1, le=1 << 24, **fix("use e.g. 1000"))  # contains evaluation set
     eps: list[Eps] | None = Field(None, min_length=1)  # default: evaluation.eps
     attacks: list[AuditAttack] = list(AUDIT_ATTACKS)
     square_queries: int = _steps(5000)

@@ -24,7 +24,13 @@ from tracking import metric_names as names
 from tracking.evidence import wilson
 from trainables.activations import activation as activation_entry
 from trainables.data import Dataset, fixed_subset, selection_points
-from trainables.defences import eps_in_force, pgd_accuracy, training_terms
+from trainables.defences import (
+    eps_in_force,
+    fgsm_accuracy,
+    never_robust,
+    pgd_accuracy,
+    training_terms,
+)
 from trainables.diagnostics import saturated_units, weight_kurtosis
 from trainables.models import SaturatingNet
 from trainables.penalty import effective_lambda
@@ -231,10 +237,13 @@ def _early_stopping_signal(cfg: TrialSettings, state: TrainState, points) -> flo
 
 
 def _watch_overfitting(cfg: TrialSettings, state: TrainState, watch, epoch: int) -> dict:
-    """PGD accuracy on the watch batch; `catastrophic_overfitting` is 1 in an epoch where it
-    falls more than `overfit_drop` below the best epoch so far (Wong et al. 2020)."""
+    """PGD and FGSM accuracy on the watch batch. `catastrophic_overfitting` is 1 in an epoch
+    where PGD accuracy falls more than `overfit_drop` below the best epoch so far (Wong et al.
+    2020); at the last epoch `never_robust` is 1 when it never rose at all while FGSM accuracy
+    stayed high (`defences.never_robust`): the same failure, from the first epoch."""
     d = cfg.defence
     acc = pgd_accuracy(state.model, *watch, d.eps, d.overfit_steps, cfg.seed)
+    single_step = fgsm_accuracy(state.model, *watch, d.eps)
     collapsed = acc < state.best_watch - d.overfit_drop
     if acc > state.best_watch:
         state.best_watch, state.best_epoch = acc, epoch
@@ -242,7 +251,16 @@ def _watch_overfitting(cfg: TrialSettings, state: TrainState, watch, epoch: int)
             state.best_weights = {
                 k: v.detach().clone() for k, v in state.model.state_dict().items()
             }
-    return {names.OVERFITTING: acc, names.CATASTROPHIC_OVERFITTING: float(collapsed)}
+    metrics = {
+        names.OVERFITTING: acc,
+        names.OVERFITTING_SINGLE_STEP: single_step,
+        names.CATASTROPHIC_OVERFITTING: float(collapsed),
+    }
+    if epoch == cfg.training.epochs:
+        metrics[names.NEVER_ROBUST] = float(
+            never_robust(state.best_watch, single_step, d.overfit_drop)
+        )
+    return metrics
 
 
 def save_checkpoint(path: Path, state: TrainState, extra: dict | None = None) -> None:

@@ -29,18 +29,20 @@ from tracking.per_example import PER_EXAMPLE_ARTIFACT
 from tracking.runs import (
     AUDITED_TAG,
     COLLAPSED_TAG,
-    OVERFITTING_TAG,
     WEIGHTS_TAG,
     finish_run,
     finished_run_metrics,
     log_epoch,
     log_masking_tags,
     open_trial_run,
+    record_defence_failure,
     version_tags,
 )
 from tracking.store import store_lock
 from tracking.twin_store import MlflowTwinStore
+from trainables.audit import audit_attacks
 from trainables.data import Dataset, load_dataset
+from trainables.defences import never_robust_note, overfitting_note
 from trainables.evaluate import (
     audit_metrics,
     correct,
@@ -51,7 +53,7 @@ from trainables.evaluate import (
     quick_evaluation,
     record_with,
     robustness_curves_data,
-    run_attacks,
+    stored_results,
 )
 from trainables.models import export_program
 from trainables.plots import preactivation_histograms, robustness_curves
@@ -195,9 +197,9 @@ def log_model(
 def audit_trial(
     config: dict, context: SweepContext, checkpoint: tune.Checkpoint, run_id: str
 ) -> dict:
-    """The audit tier on one finished trial (a Ray task): the audit's attacks on the audit set,
-    joined per example with the trial's stored cheap-tier results (`evaluate.merge_audit`),
-    logged into the trial's own run."""
+    """The audit tier on one finished trial (a Ray task): the audit's attacks on the trial's
+    evaluation points, planned from and joined per example with its stored cheap-tier results
+    (`audit.audit_attacks`, `evaluate.merge_audit`), logged into the trial's own run."""
     start = time.perf_counter()
     begin_trial()
     try:
@@ -217,33 +219,34 @@ def _audit_in_run(
     state = new_state(cfg, data, device)
     with checkpoint.as_directory() as folder:  # downloaded first where storage is remote
         load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
-    model = state.model.eval()
-    audit_idx = eval_indices(len(data.y_test), cfg.audit.size, cfg.evaluation.seed)
-    on_device = audit_idx.to(device)
-    eps_list = tuple(cfg.audit.eps or cfg.evaluation.eps)
-    x, y = data.x_test[on_device], data.y_test[on_device]
-    audit_results = run_attacks(model, x, y, tuple(cfg.audit.attacks), eps_list, cfg)
-
     with store_lock(context.tracking_uri):  # MLflow opens (and checks) the store here
         client = MlflowClient(context.tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(run_id, PER_EXAMPLE_ARTIFACT, folder)
         record = json.loads(Path(path).read_text())
+    idx = torch.tensor(record["eval_indices"], device=device)  # the points the cheap tier ran on
+    stored = stored_results(record)
+    outcome = audit_attacks(state.model, data.x_test[idx], data.y_test[idx], stored, cfg)
+    merged = merge_audit(stored, outcome.results)
     logged = client.get_run(run_id).data.metrics
-    merged = merge_audit(record, audit_idx, audit_results)
     metrics, diagnostics = audit_metrics(
         merged,
-        audit_results,
+        outcome.results,
         logged[names.masking("zero_grad_float32")],
         logged[names.masking("zero_grad_float64")],
         cfg,
     )
+    metrics |= {names.autoattack_stage_seconds(s): v for s, v in outcome.stage_seconds.items()}
     log_epoch(client, run_id, metrics, step=cfg.training.epochs)
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.log_dict(run_id, record_with(record, merged), PER_EXAMPLE_ARTIFACT)  # now audited
     client.set_tag(run_id, AUDITED_TAG, "true")
     log_curves(client, run_id, merged, cfg, f"{cfg.run_name} (audited)")
-    audit_info = {"audit_indices": audit_idx.tolist(), **cfg.audit.model_dump(mode="json")}
+    audit_info = {
+        **cfg.audit.model_dump(mode="json"),
+        "skipped_eps": outcome.skipped_eps,  # the cheap tier left nothing standing there
+        "autoattack_stages_reused": {f"{e:g}": s for e, s in outcome.reused.items()},
+    }
     client.log_dict(run_id, audit_info, "robustness/audit.json")
     return metrics
 
@@ -363,8 +366,13 @@ def _train_and_report(
             metrics |= quick_evaluation(cfg, data, state.model)
         log_epoch(client, run_id, metrics, step=state.epoch)
         if metrics.get(names.CATASTROPHIC_OVERFITTING) and not overfitted:
-            overfitted = True  # tag the first epoch of the collapse
-            client.set_tag(run_id, OVERFITTING_TAG, f"epoch {state.epoch}")
+            overfitted = True  # the first epoch of the collapse
+            note = overfitting_note(state.epoch, metrics[names.OVERFITTING], state.best_watch,
+                                 state.best_epoch)  # fmt: skip
+            record_defence_failure(client, run_id, note)
+        if metrics.get(names.NEVER_ROBUST):
+            note = never_robust_note(state.best_watch, metrics[names.OVERFITTING_SINGLE_STEP])
+            record_defence_failure(client, run_id, note)
         headline = {k: metrics[k] for k in HEADLINE_METRICS}
         if state.epoch == epochs:
             finish_run(client, run_id, "FINISHED", note="finished")

@@ -23,7 +23,7 @@ SPEC = {
                  "penalty": {"schedule": "constant", "warmup_epochs": 0}},
     "evaluation": {"size": 100, "eps": [0.1], "pgd_steps": 5, "apgd_iterations": 5,
                    "noise_draws": 5, "stopping_size": 50, "stopping_steps": 5},
-    "audit": {"top_k": 1, "size": 100, "square_queries": 50},
+    "audit": {"top_k": 1, "square_queries": 50},
     "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
 }  # fmt: skip
 

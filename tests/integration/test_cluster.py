@@ -52,7 +52,7 @@ def two_trial_spec(name: str) -> dict:
         "training": {"epochs": 5, "batch_size": 32, "optimizer": {"lr": 3.0e-3},
                      "penalty": {"schedule": "constant"}},
         "evaluation": {"size": 50, "eps": [0.1], "attacks": ["fgsm", "pgd_ce"], "pgd_steps": 5},
-        "audit": {"top_k": 1, "size": 60, "square_queries": 20, "attacks": ["square"]},
+        "audit": {"top_k": 1, "square_queries": 20, "attacks": ["square"]},
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
     }  # fmt: skip
 

@@ -23,7 +23,7 @@ SPEC = {
                  "penalty": {"warmup_epochs": 1}},
     "evaluation": {"size": 100, "eps": [0.1], "pgd_steps": 5, "apgd_iterations": 5,
                    "noise_draws": 5},
-    "audit": {"top_k": 1, "size": 100, "square_queries": 50},
+    "audit": {"top_k": 1, "square_queries": 50},
 }  # fmt: skip
 
 

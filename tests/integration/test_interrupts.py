@@ -125,7 +125,7 @@ def test_a_resumed_sweep_counts_each_launchs_own_work_and_shows_the_grids_progre
         "evaluation": FAST_EVAL | {"attacks": ["fgsm", "fgsm_stable", "pgd_ce", "pgd_margin"],
                                    "masking": {"gap_threshold": 0.0, "tolerance": 0.0,
                                                "zero_grad_threshold": 0.0}},
-        "audit": {"size": 50, "square_queries": 20, "attacks": ["square"], "top_k": 1},
+        "audit": {"square_queries": 20, "attacks": ["square"], "top_k": 1},
         "resources": {"max_concurrent_trials": 1},
     }  # fmt: skip
     client = write_spec(tmp_path, spec)

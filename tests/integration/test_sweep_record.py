@@ -32,7 +32,7 @@ SPEC = {
                  "penalty": {"schedule": "constant"}},
     "evaluation": {"size": 100, "eps": [0.1, 0.2], "pgd_steps": 5, "apgd_iterations": 5,
                    "noise_draws": 5, "attacks": ["fgsm", "fgsm_stable", "pgd_ce", "pgd_margin"]},
-    "audit": {"top_k": 1, "size": 100, "square_queries": 30, "attacks": ["square"]},
+    "audit": {"top_k": 1, "square_queries": 30, "attacks": ["square"]},
     "selection": {"eps": 0.2, "min_clean_acc": 0.5},
     "resources": {"max_concurrent_trials": 2},
 }  # fmt: skip

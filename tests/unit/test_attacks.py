@@ -3,13 +3,11 @@ PGD beats FGSM on a normal net, FGSM cannot move a saturated sigmoid net while s
 BPDA attacks can, the flags fire there and stay off on a normal net, and no attack ever leaves
 the eps-ball or [0, 1]."""
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, trained_net
 from trainables.attacks import (
     ATTACKS,
     fgsm,
@@ -32,38 +30,6 @@ from trainables.evaluate import (
     worst_case,
 )
 from trainables.masking import zero_gradient_fraction
-from trainables.train import new_state, train
-
-
-@pytest.fixture(scope="module")
-def eval_points(digits):
-    idx = eval_indices(len(digits.y_test), 200, seed=0)
-    return digits.x_test[idx], digits.y_test[idx]
-
-
-def trained(digits, activation: str):
-    cfg = make_cfg(activation=activation, training={"epochs": 10})
-    state = new_state(cfg, digits, torch.device("cpu"))
-    for _ in train(cfg, digits, state):
-        pass
-    return state.model.eval()
-
-
-@pytest.fixture(scope="module")
-def relu_net(digits):
-    return trained(digits, "relu")
-
-
-@pytest.fixture(scope="module")
-def saturated_net(digits):
-    """A trained sigmoid MLP with its hidden layer scaled x100 (most |h| > 20) and its output
-    layer x100 (softmax rounds to exactly one-hot in float32)."""
-    net = copy.deepcopy(trained(digits, "sigmoid"))
-    with torch.no_grad():
-        for layer in (net.dense[0], net.out):
-            layer.weight *= 100
-            layer.bias *= 100
-    return net
 
 
 def accuracy(model, x_adv, x, y) -> float:
@@ -123,7 +89,7 @@ def test_masking_flags_fire_on_the_saturated_net(saturated_net, relu_net, eval_p
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_masking_flags_stay_off_on_a_normally_trained_net(digits, eval_points, activation):
     x, y = eval_points
-    net = trained(digits, activation)
+    net = trained_net(digits, activation)
     metrics, diagnostics, _ = evaluate_robustness(net, x, y, make_cfg(), surrogate=net)
     assert {name for name, (_, flag) in diagnostics.items() if flag} == set()
     assert metrics["masking/masking_suspected"] == 0.0
@@ -158,8 +124,9 @@ def test_worst_case_is_per_example_not_a_minimum_of_accuracies():
     half_b = torch.tensor([False, False, True, True])
     results = [AttackResult("a", 0.1, half_a, 0.0), AttackResult("b", 0.1, half_b, 0.0)]
     assert worst_case(results, 0.1).tolist() == [False] * 4
-    metrics = robustness_metrics(results)
+    metrics = robustness_metrics(results, selection=torch.tensor([True, False, True, False]))
     assert metrics["robust_acc/a/eps_0.1"] == 0.5 and metrics["worst_case_acc/eps_0.1"] == 0.0
+    assert metrics["eval_points"] == 4
 
 
 def test_eval_subset_is_fixed_and_nested_in_larger_audit_sets():

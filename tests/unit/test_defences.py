@@ -89,6 +89,19 @@ def test_the_overfitting_watch_fires_on_a_collapse_and_keeps_the_best_weights(
     assert all(kept.values())
 
 
+def test_single_step_training_that_never_became_robust_is_named(cfg_factory, digits, plain_and_pgd):
+    """FGSM-RS at a budget too large for it: the watch's PGD accuracy stays near zero from the
+    first epoch (no fall for the collapse check to see) while FGSM accuracy climbs."""
+    _, history, _ = trained(cfg_factory, digits, {"kind": "fgsm_rs", "eps": 0.5}, epochs=8)
+    assert not any(m["catastrophic_overfitting"] for m in history)
+    assert max(m["overfitting/train_pgd_acc"] for m in history) <= 0.2
+    assert history[-1]["overfitting/train_fgsm_acc"] > 0.3
+    assert history[-1]["never_robust"] == 1.0
+    assert "never_robust" not in history[0]  # judged once, at the last epoch
+    _, robust_history, _ = plain_and_pgd[1:]
+    assert robust_history[-1]["never_robust"] == 0.0  # PGD training did become robust
+
+
 def test_pgd_accuracy_is_the_evaluation_pgd(plain_and_pgd, digits):
     model = plain_and_pgd[1].model.eval()
     x, y = digits.x_test[:100], digits.y_test[:100]

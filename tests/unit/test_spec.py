@@ -73,7 +73,7 @@ MALFORMED = [
     ("evaluation.eps", [0.1, 2.0], "evaluation.eps[1]"),
     ("evaluation.attacks", ["fgsm", "boundary"], "evaluation.attacks[1]"),
     ("evaluation.masking.gap_threshold", 3.0, "evaluation.masking.gap_threshold"),
-    ("audit.size", 10, "audit.size"),
+    ("audit.size", 1000, "audit.size"),  # removed: the audit attacks the evaluation points
     ("selection.eps", 0.25, "selection.eps"),  # not an evaluation budget
     ("selection.min_clean_acc", 1.5, "selection.min_clean_acc"),
     ("audit.attacks", ["fab"], "audit.attacks[0]"),

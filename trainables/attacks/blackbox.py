@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.attacks.catalog import Attack, pgd_options
+from trainables.attacks.catalog import Attack, pgd_options, pgd_passes
 from trainables.attacks.gradient import pgd
 from trainables.attacks.losses import project
 
@@ -56,6 +56,16 @@ def _noise_options(settings, eps: float) -> dict:
 
 
 ENTRIES = (
-    Attack("transfer", transfer, "cheap", "black", pgd_options, needs_surrogate=True),
-    Attack("noise", noise, "cheap", "black", _noise_options, monotone_checked=False),
+    Attack(
+        "transfer", transfer, "cheap", "black", pgd_options, needs_surrogate=True, passes=pgd_passes
+    ),
+    Attack(
+        "noise",
+        noise,
+        "cheap",
+        "black",
+        _noise_options,
+        monotone_checked=False,
+        passes=lambda settings: settings.evaluation.noise_draws,
+    ),
 )

@@ -17,6 +17,15 @@ def no_options(settings: SweepSettings, eps: float) -> dict:
     return {}
 
 
+def one_pass(settings: SweepSettings) -> int:
+    return 1
+
+
+def pgd_passes(settings: SweepSettings) -> int:
+    e = settings.evaluation
+    return e.pgd_steps * e.pgd_restarts
+
+
 def pgd_options(settings: SweepSettings, eps: float) -> dict:
     """PGD's steps, restarts, seed and step size (factor * eps / steps), shared by every PGD."""
     e = settings.evaluation
@@ -41,3 +50,6 @@ class Attack:
     # include in the "accuracy must not rise with eps" check (random noise is too weak to count)
     monotone_checked: bool = True
     needs_surrogate: bool = False  # crafted on the lambda = 0 twin (transfer)
+    # the most model passes (a forward and backward pass, or a query) it spends on one point at
+    # one eps: what `--dry-run` prices an evaluation in (attacks stop early on broken points)
+    passes: Callable[[SweepSettings], int] = one_pass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trainables.activations import activation
-from trainables.attacks.catalog import Attack, pgd_options
+from trainables.attacks.catalog import Attack, pgd_options, pgd_passes
 from trainables.attacks.losses import LOSSES, input_gradient, project
 
 
@@ -183,7 +183,23 @@ def _bpda_options(settings, eps: float) -> dict:
 ENTRIES = (
     Attack("fgsm", fgsm, "cheap", "white"),
     Attack("fgsm_stable", fgsm_stable, "cheap", "white", strengthens="fgsm"),
-    Attack("pgd_ce", pgd_ce, "cheap", "white", pgd_options),
-    Attack("pgd_margin", pgd_margin, "cheap", "white", pgd_options, strengthens="pgd_ce"),
-    Attack("pgd_bpda", pgd_bpda, "cheap", "white", _bpda_options, strengthens="pgd_ce"),
+    Attack("pgd_ce", pgd_ce, "cheap", "white", pgd_options, passes=pgd_passes),
+    Attack(
+        "pgd_margin",
+        pgd_margin,
+        "cheap",
+        "white",
+        pgd_options,
+        strengthens="pgd_ce",
+        passes=pgd_passes,
+    ),
+    Attack(
+        "pgd_bpda",
+        pgd_bpda,
+        "cheap",
+        "white",
+        _bpda_options,
+        strengthens="pgd_ce",
+        passes=pgd_passes,
+    ),
 )
