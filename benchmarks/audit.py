@@ -11,6 +11,10 @@ defaults, then:
 - `old, same points`: the same attacks on the evaluation points only;
 - `new`: `trainables.audit.audit_attacks` on the evaluation points.
 
+Then the audit's share of a whole sweep's compute (`sweep/audit_share`: its attack seconds over
+training, the cheap tier and the audit), on the quickstart and on a small adversarial-training
+sweep at the shipped audit defaults (target < 0.5).
+
 Rows: the new audit's seconds over the old's (target <= 0.35), the same against the old on the
 same points, and per model and eps the per-example worst case of new and old, in points. The
 old audit ran Square twice on the points AutoAttack leaves standing (its own run and
@@ -20,11 +24,14 @@ model where Square's random draws decide (the masked one) the old can be a point
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from benchmarks.common import result
+from benchmarks.sweeps import REPO, launch, sweep_metrics, write_spec
 from benchmarks.train_loop import MNIST10K
 from trainables.audit import audit_attacks
 from trainables.data import load_dataset
@@ -60,6 +67,26 @@ def _settings(dataset: str, data_dir: str | None, eps: tuple[float, ...]) -> Swe
                      "penalty": {"warmup_epochs": 0}},
         "evaluation": {"size": EVAL_POINTS, "eps": list(eps)},
     })  # fmt: skip
+
+
+# A small adversarial-training sweep at the shipped audit defaults: single-step and TRADES, with
+# and without the penalty, three budgets, the top two audited.
+DEFENCE_SPEC = {
+    "name": "defence-costs",
+    "dataset": {"name": "mnist", "data_dir": str(MNIST10K)},
+    "grid": {
+        "architectures": [{"kind": "mlp", "hidden": [200, 200]}],
+        "activations": ["relu"],
+        "lambdas": [0.0, 1.0],
+        "defences": [{"kind": "fgsm_rs", "eps": 0.1},
+                     {"kind": "trades", "eps": 0.1, "steps": 10, "beta": 1.0}],
+    },
+    "training": {"epochs": 4, "batch_size": 100, "optimizer": {"lr": 1.0e-3},
+                 "penalty": {"warmup_epochs": 2}},
+    "evaluation": {"size": 500, "eps": [0.05, 0.1, 0.2], "apgd_iterations": 50},
+    "audit": {"top_k": 2},
+    "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
+}  # fmt: skip
 
 
 def held_model(data, dataset: str, data_dir: str | None, name: str):
@@ -134,13 +161,41 @@ def run() -> list[dict]:
                 f"1000-point audit: {100 * old:.1f})", 100 * new, "points of 100", 100 * same,
             ))  # fmt: skip
     tag = f"{dataset} mlp-200x200, robust + masked + nothing standing, {EVAL_POINTS} points"
+    shares = quickstart_share() + (defence_sweep_share() if MNIST10K.exists() else [])
     return [
         result(f"audit seconds, new vs old default ({OLD_AUDIT_POINTS}-point audit set; {tag})",
                new_total, "seconds (lower is better)", old_total),
         result(f"audit seconds, new vs old on the same points ({tag})", new_total,
                "seconds (lower is better)", same_total),
         *rows,
+        *shares,
     ]  # fmt: skip
+
+
+def audit_share(what: str, m: dict[str, float]) -> dict:
+    """The audit's attack seconds against all the trials' compute (training, cheap tier, audit)."""
+    total = (
+        m["sweep/train_seconds"] + m["sweep/cheap_attack_seconds"] + m["sweep/audit_attack_seconds"]
+    )
+    return result(f"{what}: audit share of the trials' compute (training "
+                  f"{m['sweep/train_seconds']:.0f} s, cheap tier "
+                  f"{m['sweep/cheap_attack_seconds']:.0f} s)", m["sweep/audit_attack_seconds"],
+                  "seconds", total)  # fmt: skip
+
+
+def defence_sweep_share() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        launch(folder, write_spec(folder, DEFENCE_SPEC))
+        m = sweep_metrics(folder, DEFENCE_SPEC["name"])
+    return [audit_share("small defence sweep (fgsm_rs + trades, 4 trials)", m)]
+
+
+def quickstart_share() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        launch(folder, REPO / "sweeps" / "quickstart.yaml")
+        return [audit_share("quickstart", sweep_metrics(folder, "quickstart"))]
 
 
 if __name__ == "__main__":

@@ -7,9 +7,6 @@ folder, local Ray, a SQLite MLflow store):
 - `one trial through Ray + MLflow vs a plain process`: a single trial of about a minute against
   a plain Python process that loads the data, trains and runs the same cheap attack tier
   (target <= 1.10); the sweep's own wall time, and the whole command with Ray's start.
-- `audit share of the compute`: the audit's attack seconds over training, the cheap tier and the
-  audit together (`sweep/audit_share`), on the quickstart and on a small adversarial-training
-  sweep (target < 0.5).
 - `ASHA vs grid`: the same small spec with FIFO and with ASHA on the per-epoch robust check:
   the trial-epochs ASHA spent over the grid's (target <= 0.40) and whether both crown the same
   champion by the selection rule.
@@ -92,23 +89,6 @@ ASHA_SPEC = {
     "audit": {"top_k": 1, "square_queries": 500},
     "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
 }  # fmt: skip
-# A small adversarial-training sweep at the shipped audit defaults: single-step and TRADES, with
-# and without the penalty, three budgets, the top two audited.
-DEFENCE_SPEC = {
-    "name": "defence-costs",
-    "dataset": {"name": "mnist", "data_dir": str(default_mnist_root())},
-    "grid": {
-        "architectures": [{"kind": "mlp", "hidden": [200, 200]}],
-        "activations": ["relu"],
-        "lambdas": [0.0, 1.0],
-        "defences": [{"kind": "fgsm_rs", "eps": 0.1},
-                     {"kind": "trades", "eps": 0.1, "steps": 10, "beta": 1.0}],
-    },
-    "training": {"epochs": 4, "batch_size": 100, "optimizer": {"lr": 1.0e-3}},
-    "evaluation": {"size": 500, "eps": [0.05, 0.1, 0.2], "apgd_iterations": 50},
-    "audit": {"top_k": 2},
-    "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
-}  # fmt: skip
 ASHA = {"name": "asha", "grace_period": 2, "reduction_factor": 3, "metric": "robust"}
 
 
@@ -154,27 +134,7 @@ def quickstart_usage() -> list[dict]:
                "busy seconds per slot", m["sweep/wall_seconds"]),
         result("quickstart training epochs run / grid epochs", m["sweep/training_epochs_run"],
                "epochs", m["sweep/grid_epochs"]),
-        audit_share("quickstart", m),
     ]  # fmt: skip
-
-
-def audit_share(what: str, m: dict[str, float]) -> dict:
-    """The audit's attack seconds against all the trials' compute (training, cheap tier, audit)."""
-    total = (
-        m["sweep/train_seconds"] + m["sweep/cheap_attack_seconds"] + m["sweep/audit_attack_seconds"]
-    )
-    return result(f"{what}: audit share of the trials' compute (training "
-                  f"{m['sweep/train_seconds']:.0f} s, cheap tier "
-                  f"{m['sweep/cheap_attack_seconds']:.0f} s)", m["sweep/audit_attack_seconds"],
-                  "seconds", total)  # fmt: skip
-
-
-def defence_sweep_share() -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        launch(folder, write_spec(folder, DEFENCE_SPEC))
-        m = sweep_metrics(folder, DEFENCE_SPEC["name"])
-    return [audit_share("small defence sweep (fgsm_rs + trades, 4 trials)", m)]
 
 
 def ray_vs_plain() -> list[dict]:
@@ -225,4 +185,4 @@ def asha_vs_grid() -> list[dict]:
 
 
 def run() -> list[dict]:
-    return quickstart_usage() + defence_sweep_share() + ray_vs_plain() + asha_vs_grid()
+    return quickstart_usage() + ray_vs_plain() + asha_vs_grid()

@@ -53,11 +53,13 @@ def settle_without_attacks(
 
 
 def audit_candidates(record: SweepRecord, rule: SelectionRule, top_k: int) -> list[TrialRecord]:
-    """The top-k auditable trials by worst case at the rule's eps among those that clear its
-    floor, plus every flagged one."""
+    """The top-k auditable trials by the figure the rule ranks by (the worst case at its eps on
+    the selection points) among those that clear its floor, plus every flagged one: ranking by
+    all the points would audit trials the rule does not crown, and leave the champion's audit
+    to run alone after them."""
     pool = [t for t in record.trials.values() if auditable(t, rule)]
     accurate = [t for t in pool if t.clean >= rule.min_clean_acc]
-    top = sorted(accurate, key=lambda t: t.worst(rule.eps), reverse=True)[:top_k]
+    top = sorted(accurate, key=lambda t: t.choosing_worst(rule.eps), reverse=True)[:top_k]
     return list({t.run_id: t for t in top + [t for t in pool if t.flagged]}.values())
 
 

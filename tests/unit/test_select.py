@@ -315,3 +315,20 @@ def test_the_selection_and_report_points_split_every_evaluation_set_in_two():
         assert int(chosen.sum()) == (n + 1) // 2 and len(chosen) == n
         assert torch.equal(chosen, selection_points(n, seed=0))  # the same for every trial
     assert not torch.equal(selection_points(450, 0), selection_points(450, 1))
+
+
+def test_the_audit_ranks_trials_as_the_rule_does(tmp_path):
+    """Top-1 audit candidate: the trial the rule would crown (best on the selection points),
+    not the one best over all points, so the champion's audit is not left to run alone."""
+    from sweeps.audit import audit_candidates
+
+    uri = synthetic_sweep(tmp_path, [
+        {"name": "shiny_seed0", "params": {"lam": "1.0", "seed": "0"},
+         "metrics": worst_of(0.65, 0.90, 0.40)},
+        {"name": "steady_seed0", "params": {"lam": "2.0", "seed": "0"},
+         "metrics": worst_of(0.70, 0.60, 0.80)},
+    ])  # fmt: skip
+    record = load_sweep(MlflowClient(uri), "seeds")
+    (top,) = audit_candidates(record, SelectionRule(eps=0.1), top_k=1)
+    assert top.name == "shiny_seed0"
+    assert select_champion(record.trials.values(), SelectionRule(eps=0.1)).model.name == top.name
