@@ -54,8 +54,8 @@ def share(mask: torch.Tensor) -> float:
 
 
 def eval_indices(n_test: int, size: int, seed: int) -> torch.Tensor:
-    """The evaluation subset of the test split (`data.fixed_subset`): a larger audit set with
-    the same seed always contains it."""
+    """The evaluation subset of the test split (`data.fixed_subset`): the same points for every
+    trial of a sweep, and a larger subset with the same seed always contains it."""
     return fixed_subset(n_test, size, seed)
 
 

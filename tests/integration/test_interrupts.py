@@ -20,7 +20,9 @@ def slow_spec(name: str) -> dict:
         "name": name,
         "grid": {"architectures": [{"kind": "mlp", "hidden": [64]}],
                  "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
-        "training": {"epochs": 150, "batch_size": 16},  # long enough to be interrupted
+        # long enough to be interrupted: a warm 2-core machine trains 150 epochs in 15 s, about
+        # as long as a test's reads of a SQLite store the trials write to can take
+        "training": {"epochs": 400, "batch_size": 16},
         "evaluation": FAST_EVAL, "audit": {"enabled": False},
         "resources": {"max_concurrent_trials": 2},
     }  # fmt: skip
