@@ -60,6 +60,15 @@ def make_cfg(
     )
 
 
+def at_autoattack_settings(**evaluation) -> TrialSettings:
+    """Test settings at AutoAttack's own iteration and query counts (the shipped defaults), the
+    ones at which the cheap tier's APGD runs are AutoAttack's stages and the audit's Square run
+    is its Square stage."""
+    return make_cfg(
+        evaluation={"apgd_iterations": 100, **evaluation}, audit={"square_queries": 5000}
+    )
+
+
 @pytest.fixture
 def cfg_factory():
     return make_cfg

@@ -14,7 +14,7 @@ import statistics
 import pytest
 import torch
 
-from tests.conftest import make_cfg
+from tests.conftest import at_autoattack_settings, make_cfg
 from trainables.attacks.autoattack import autoattack_standard
 from trainables.audit import audit_attacks
 from trainables.evaluate import (
@@ -34,16 +34,6 @@ EPS = (0.1, 0.2)
 SPREAD_SEEDS = (0, 1, 2)
 
 
-def at_autoattack_settings(**point):
-    """The shipped defaults' iteration and query counts: AutoAttack's own, so its APGD and
-    Square stages are read rather than run."""
-    return make_cfg(
-        evaluation={"eps": list(EPS), "apgd_iterations": 100, "attack_batch_size": 256},
-        audit={"square_queries": 5000},
-        **point,
-    )
-
-
 @pytest.fixture(scope="module")
 def robust_net(digits):
     cfg = make_cfg(training={"epochs": 10})
@@ -61,7 +51,7 @@ def held_model(request, robust_net, saturated_net):
 
 def audits(model, x, y):
     """(cheap tier, new audit's results, old audit's results) on the same points."""
-    cfg = at_autoattack_settings()
+    cfg = at_autoattack_settings(eps=list(EPS), attack_batch_size=256)
     _, _, cheap = evaluate_robustness(model, x, y, cfg, None)
     clean = correct(model, x, y)
     stored = stored_results(record_of(torch.arange(len(y)), cheap, clean, cfg.evaluation.seed))

@@ -7,18 +7,10 @@ PGD-CE runs on every point."""
 import pytest
 import torch
 
-from tests.conftest import make_cfg
+from tests.conftest import at_autoattack_settings, make_cfg
 from trainables.attacks.autoattack import autoattack_stages, autoattack_standard
 from trainables.audit import audit_attacks, evaluation_cost, reusable_stages
 from trainables.evaluate import AttackResult, correct, evaluate_robustness, run_attacks
-
-
-def at_autoattack_settings(**evaluation):
-    """Settings at AutoAttack's own iteration and query counts, the ones at which the cheap
-    tier's APGD and the audit's Square can stand in for AutoAttack's stages."""
-    return make_cfg(
-        evaluation={"apgd_iterations": 100, **evaluation}, audit={"square_queries": 5000}
-    )
 
 
 @pytest.fixture(scope="module")

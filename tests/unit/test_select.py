@@ -288,15 +288,21 @@ def trials_of(uri: str, sweep: str) -> list:
     return list(load_sweep(MlflowClient(uri), sweep).trials.values())
 
 
-def test_the_champion_is_graded_on_points_that_did_not_choose_it(tmp_path):
-    """The rule ranks by the selection points and the champion is reported on the others: a
-    trial that shines on the selection points only wins, and is reported at its other figure."""
-    uri = synthetic_sweep(tmp_path, [
+def shiny_and_steady(folder) -> str:
+    """Two one-seed trials: `shiny` best on the selection points (0.90) but worst on the report
+    points (0.40), `steady` the other way round (0.60 and 0.80) and best over all points."""
+    return synthetic_sweep(folder, [
         {"name": "shiny_seed0", "params": {"lam": "1.0", "seed": "0"},
          "metrics": worst_of(0.65, 0.90, 0.40)},
         {"name": "steady_seed0", "params": {"lam": "2.0", "seed": "0"},
          "metrics": worst_of(0.70, 0.60, 0.80)},
     ])  # fmt: skip
+
+
+def test_the_champion_is_graded_on_points_that_did_not_choose_it(tmp_path):
+    """The rule ranks by the selection points and the champion is reported on the others: a
+    trial that shines on the selection points only wins, and is reported at its other figure."""
+    uri = shiny_and_steady(tmp_path)
     ranking = json.loads(satsweep("best", "seeds", "--json", "--tracking-uri", uri).stdout)
     assert ranking["champion_configuration"] == "shiny"  # chosen on the selection points
     assert ranking["champion_worst_selection"] == 0.90
@@ -322,12 +328,7 @@ def test_the_audit_ranks_trials_as_the_rule_does(tmp_path):
     not the one best over all points, so the champion's audit is not left to run alone."""
     from sweeps.audit import audit_candidates
 
-    uri = synthetic_sweep(tmp_path, [
-        {"name": "shiny_seed0", "params": {"lam": "1.0", "seed": "0"},
-         "metrics": worst_of(0.65, 0.90, 0.40)},
-        {"name": "steady_seed0", "params": {"lam": "2.0", "seed": "0"},
-         "metrics": worst_of(0.70, 0.60, 0.80)},
-    ])  # fmt: skip
+    uri = shiny_and_steady(tmp_path)
     record = load_sweep(MlflowClient(uri), "seeds")
     (top,) = audit_candidates(record, SelectionRule(eps=0.1), top_k=1)
     assert top.name == "shiny_seed0"
