@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from sweeps.console import champion_lines, command
@@ -38,6 +40,7 @@ from trainables.data import DatasetNotFoundError
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
+UI_START_TIMEOUT_S = 180  # MLflow's UI takes 10-30 s to answer on a loaded 2-core machine
 DRY_RUN_ROWS = 50  # trials listed by --dry-run without --all
 
 
@@ -150,6 +153,7 @@ def _server_parser(sub) -> None:
 def _ui_parser(sub) -> None:
     ui = sub.add_parser("ui", help="open MLflow's UI on the sweep store, on 127.0.0.1")
     _store_flag(ui)
+    ui.add_argument("--sweep", help="the sweep whose runs to open (default: the latest one)")
     ui.add_argument("--port", type=int, help="port to serve on (default: a free one)")
 
 
@@ -232,17 +236,17 @@ def _fmt(value: float | None) -> str:
 
 
 def _print_trials(spec, show_all: bool) -> None:
-    from sweeps.grid import grid_points, trial_name
+    from sweeps.grid import grid_points, naming, trial_name
 
-    rows = grid_points(spec)
+    rows, order = grid_points(spec), naming(spec)
     hidden = 0 if show_all else max(0, len(rows) - DRY_RUN_ROWS)
     rows = rows[: len(rows) - hidden]
-    width = max(len(trial_name(r)) for r in rows)
+    width = max(len(trial_name(r, order)) for r in rows)
     print(f"{'run name':<{width}}  {'architecture':<18} {'activation':<10} {'λ':>8} "
           f"{'defence':<8} {'seed':>4}")  # fmt: skip
     for r in rows:
         kind = spec.defences[r["defence"]].kind
-        print(f"{trial_name(r):<{width}}  {r['arch']:<18} {r['activation']:<10} "
+        print(f"{trial_name(r, order):<{width}}  {r['arch']:<18} {r['activation']:<10} "
               f"{r['lam']:>8g} {kind:<8} {r['seed']:>4}")  # fmt: skip
     if hidden:
         print(f"... and {hidden} more (--all lists them)")
@@ -547,13 +551,35 @@ def free_port(host: str, wanted: int | None) -> int:
 
 
 def cmd_ui(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from tracking.server import ServerError, ui_page, wait_until_answers
+
     uri = existing_store(args.tracking_uri)
+    page = ui_page(MlflowClient(uri), args.sweep)  # before the server: a wrong name exits 2
     port = free_port("127.0.0.1", args.port)
     argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    print(f"satsweep: MLflow UI on {url}  (store {redact_uri(uri)}; Ctrl-C stops)", flush=True)
-    os.execv(argv[0], argv)  # replaces this process: Ctrl-C stops the UI
+    print(f"satsweep: starting MLflow's UI on the store {redact_uri(uri)} ...", flush=True)
+    # MLflow's own start-up lines go to a log, so the console holds only the address
+    with tempfile.NamedTemporaryFile("w+", prefix="satsweep-ui-", suffix=".log") as log:
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_answers(url, server, UI_START_TIMEOUT_S)
+            print(f"satsweep: MLflow UI ready: {url}/{page.path}  ({page.what}; Ctrl-C stops)",
+                  flush=True)  # fmt: skip
+            return server.wait()
+        except ServerError as err:  # the server itself failed: not a usage error
+            log.seek(0)
+            print(f"satsweep: error: {err}; its log ends:\n{log.read()[-2000:]}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ray import tune
 
 from sweeps.spec import SweepSpec
-from trainables.settings import GRID_AXES, run_name
+from trainables.settings import GRID_AXES, name_order, run_name
 
 
 def grid_points(spec: SweepSpec) -> list[dict]:
@@ -40,8 +40,15 @@ def param_space(spec: SweepSpec) -> dict:
     return {axis: tune.grid_search(v) for axis, v in values.items()}
 
 
-def trial_name(config: dict) -> str:
+def naming(spec: SweepSpec) -> tuple[str, ...]:
+    """The order of the axes in the sweep's run names: those with more than one value first."""
+    g = spec.grid
+    counts = {"lam": len(g.lambdas), "activation": len(g.activations),
+              "defence": len(spec.defences), "arch": len(spec.architectures)}  # fmt: skip
+    return name_order({axis for axis, n in counts.items() if n > 1})
+
+
+def trial_name(config: dict, order: tuple[str, ...]) -> str:
     """The run name of a grid point, from its axes."""
-    return run_name(
-        config["arch"], config["activation"], config["lam"], config["seed"], config["defence"]
-    )
+    return run_name(config["arch"], config["activation"], config["lam"], config["seed"],
+                    config["defence"], order)  # fmt: skip

@@ -21,7 +21,7 @@ from sweeps.audit import EarlyAudits, run_audit
 from sweeps.cluster import connect_ray, experiment_path
 from sweeps.console import closing_lines, command, header, quiet_libraries, say
 from sweeps.costs import compute_split, epochs_trained, launch_usage, log_usage
-from sweeps.grid import grid_points, trial_name
+from sweeps.grid import grid_points, naming, trial_name
 from sweeps.preflight import (
     PreflightError,
     check_cluster_fits,
@@ -142,13 +142,15 @@ def sweep_context(
         git_commit=code_version(),
         cpus_per_trial=spec.resources.cpus_per_trial,
         early_stopping=tune_metric(spec) == names.EARLY_STOPPING,
+        name_order=naming(spec),
     )
 
 
 def driver_callbacks(spec: SweepSpec, context: SweepContext, clock: LaunchClock) -> list:
-    width = max(len(trial_name(point)) for point in grid_points(spec))
-    lines = TrialLines(spec.num_trials, spec.resources.max_concurrent_trials,
-                       spec.selection.eps, trial_name, width)  # fmt: skip
+    order = naming(spec)
+    width = max(len(trial_name(point, order)) for point in grid_points(spec))
+    lines = TrialLines(spec.num_trials, spec.resources.max_concurrent_trials, spec.selection.eps,
+                       lambda config: trial_name(config, order), width)  # fmt: skip
     return [lines, clock, CloseRuns(context), EarlyAudits(spec, context)]
 
 

@@ -18,7 +18,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from sweeps.cluster import experiment_path
-from sweeps.grid import param_space, trial_name
+from sweeps.grid import naming, param_space, trial_name
 from sweeps.preflight import ray_memory_reservation, storage_uri
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
@@ -153,6 +153,7 @@ def new_tuner(
     verbose: bool = False,
     callbacks: list[Callback] | None = None,
 ) -> tune.Tuner:
+    order = naming(spec)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
@@ -162,8 +163,8 @@ def new_tuner(
             reuse_actors=True,  # the next trial runs in a warm worker: no process start, imports
             scheduler=_scheduler(spec),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
-            trial_name_creator=lambda t: trial_name(t.config),
-            trial_dirname_creator=lambda t: f"{trial_name(t.config)}_{t.trial_id}",
+            trial_name_creator=lambda t: trial_name(t.config, order),
+            trial_dirname_creator=lambda t: f"{trial_name(t.config, order)}_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=spec.name,

@@ -9,30 +9,32 @@ from __future__ import annotations
 
 CLEAN_ACC = "clean_acc"
 EPOCH = "epoch"
+# The summary figures have no prefix (clean_acc, the flags) or their own (worst_case_acc/), so
+# MLflow's charts show them first; training, timings and diagnostics sit under prefixes.
 # training, per epoch (trainables/train.py)
-LOSS = "loss"
-CROSS_ENTROPY = "cross_entropy"  # the data term: CE on the inputs trained on (+ beta KL, TRADES)
-PENALTY = "penalty"
-EFFECTIVE_LAMBDA = "effective_lambda"
-TRAIN_ACC = "train_acc"  # running accuracy on the inputs trained on (adversarial under a defence)
-DEFENCE_EPS = "defence_eps"  # the training attack's eps in force (a warm-up ramps it)
-KEPT_EPOCH = "kept_epoch"  # keep_best: the epoch whose weights the trial ended with
+LOSS = "train/loss"
+CROSS_ENTROPY = "train/cross_entropy"  # the data term: CE on the inputs trained on (+ TRADES KL)
+PENALTY = "train/penalty"
+EFFECTIVE_LAMBDA = "train/effective_lambda"
+TRAIN_ACC = "train/acc"  # running accuracy on the inputs trained on (adversarial under a defence)
+DEFENCE_EPS = "train/defence_eps"  # the training attack's eps in force (a warm-up ramps it)
+KEPT_EPOCH = "train/kept_epoch"  # keep_best: the epoch whose weights the trial ended with
 DIVERGED_AT_EPOCH = "diverged_at_epoch"
 TRIAL_ID = "trial_id"  # Ray adds it to every reported result
 MASKING_SUSPECTED = "masking_suspected"
-MAJORITY_SHARE = "prediction_majority_share"  # share of the most predicted class
+MAJORITY_SHARE = "diagnostics/prediction_majority_share"  # share of the most predicted class
 COLLAPSED = "collapsed"  # 1.0: constant or chance-level classifier
 CATASTROPHIC_OVERFITTING = "catastrophic_overfitting"
 FLAGS_REPORT = "flags"  # in Tune's last report only (text): the raised masking flags
-TRAIN_SECONDS = "train_seconds"  # this epoch's training, wall clock
-SECONDS_PER_EPOCH = "train_seconds_per_epoch"  # mean over the epochs trained so far
+TRAIN_SECONDS = "timing/train_seconds"  # this epoch's training, wall clock
+SECONDS_PER_EPOCH = "timing/train_seconds_per_epoch"  # mean over the epochs trained so far
 EARLY_STOPPING = "early_stopping/eval_pgd_acc"  # per epoch where ASHA ranks by it
 OVERFITTING = "overfitting/train_pgd_acc"  # per epoch under a defence: the overfitting watch
 OVERFITTING_SINGLE_STEP = "overfitting/train_fgsm_acc"  # the same batch under FGSM
 NEVER_ROBUST = "never_robust"  # last epoch: 1.0 when the watch's PGD accuracy never rose
-EPOCHS_RUN = "training_epochs_run"  # epochs this trial trained, retrained ones after a restore too
-TWIN_EPOCHS_TRAINED = "twin_epochs_trained"  # epochs spent training the lambda = 0 twin (0: reused)
-TWIN_WAIT_SECONDS = "twin_wait_seconds"  # waiting for the twin's own trial to log its weights
+EPOCHS_RUN = "train/epochs_run"  # epochs this trial trained, retrained ones after a restore too
+TWIN_EPOCHS_TRAINED = "train/twin_epochs_trained"  # training the lambda = 0 twin (0: reused)
+TWIN_WAIT_SECONDS = "timing/twin_wait_seconds"  # waiting for the twin trial to log its weights
 # the trial's worker process (trainables/worker_memory.py), logged when the trial ends
 WORKER_TRIALS_RUN = "worker/trials_run"  # trials this process has run, this one included
 WORKER_PEAK_MB = "worker/peak_resident_mb"  # resident peak during this trial
@@ -53,6 +55,17 @@ SWEEP_TRAIN_SECONDS = "sweep/train_seconds"  # training, twins included
 SWEEP_CHEAP_SECONDS = "sweep/cheap_attack_seconds"  # every trial's cheap attack tier
 SWEEP_AUDIT_SECONDS = "sweep/audit_attack_seconds"  # the audited trials' Square and AutoAttack
 SWEEP_AUDIT_SHARE = "sweep/audit_share"  # audit over all three
+# each masking diagnostic's threshold: a field of the spec's `evaluation.masking` (logged as the
+# param `evaluation.masking.<field>`); a diagnostic is flagged when its value exceeds it
+MASKING_THRESHOLDS = {
+    "zero_grad_float32": "zero_grad_threshold",
+    "zero_grad_float64": "zero_grad_threshold",
+    "stabilisation_gap": "gap_threshold",
+    "single_step_beats_iterative": "tolerance",
+    "blackbox_beats_whitebox": "tolerance",
+    "eps_non_monotone": "tolerance",
+    "unbounded_failure": "unbounded_threshold",
+}
 _MASKING = "masking/"
 _MASKING_TAG = "masking."
 _ROBUST = "robust_acc/"
@@ -81,8 +94,8 @@ def worst_case_acc(eps: float) -> str:
 # rests on, and, for the worst case, its value on each half of the evaluation points (the
 # selection points choose, the report points report the chosen one's figure)
 SELECTION, REPORT = "selection", "report"
-EVAL_POINTS = "eval_points"  # the evaluation subset the attacks ran on
-CLEAN_POINTS = "clean_points"  # the test split clean_acc is measured on
+EVAL_POINTS = "points/eval"  # the evaluation subset the attacks ran on
+CLEAN_POINTS = "points/clean"  # the test split clean_acc is measured on
 CLEAN_LOW, CLEAN_HIGH = "clean_acc/ci_low", "clean_acc/ci_high"
 
 
@@ -107,6 +120,11 @@ def autoattack_stage_seconds(stage: str) -> str:
 def masking(diagnostic: str) -> str:
     """Metric holding a masking diagnostic's value (`masking/<name>`)."""
     return f"{_MASKING}{diagnostic}"
+
+
+def masking_threshold_param(diagnostic: str) -> str:
+    """The param holding the threshold a diagnostic's flag is decided by."""
+    return f"evaluation.masking.{MASKING_THRESHOLDS[diagnostic]}"
 
 
 def masking_tag(diagnostic: str) -> str:

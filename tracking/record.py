@@ -153,6 +153,22 @@ class TrialRecord:
     def flagged(self) -> bool:
         return names.MASKING_SUSPECTED in self.flags
 
+    def flag_reasons(self) -> list[str]:
+        """Each raised masking flag beside the value and the threshold that raised it
+        (`stabilisation_gap 0.350 > 0.1`), read from the run's own metrics and params."""
+        reasons = []
+        for flag in self.flags:
+            if flag == names.MASKING_SUSPECTED:
+                continue
+            value = self.metrics.get(names.masking(flag))
+            known = flag in names.MASKING_THRESHOLDS
+            threshold = self._param(names.masking_threshold_param(flag)) if known else None
+            if value is None or threshold is None:
+                reasons.append(flag)
+            else:
+                reasons.append(f"{flag} {value:.3f} > {threshold:g}")
+        return reasons
+
     @property
     def evaluated(self) -> bool:
         """It ran its final evaluation (the cheap tier): a worst case exists."""

@@ -21,6 +21,7 @@ from tracking.compare import Baselines, ReportComparisons, baseline_comparisons
 from tracking.evidence import shown
 from tracking.palette import WORST, colour
 from tracking.record import Configuration, SweepRecord
+from tracking.run_notes import annotate_runs
 from tracking.select import (
     RULE,
     SelectionError,
@@ -31,7 +32,29 @@ from tracking.select import (
 )
 
 NAIVE = "fgsm"
-LEGEND = {"fontsize": 9, "frameon": False}  # readable at the MLflow UI's artifact width
+# MLflow's UI shows an artifact image about 800 px wide: a figure wider than UI_WIDTH_IN inches
+# is shrunk, so panels wrap at PANEL_COLUMNS and legend text grows with the figure's width
+UI_WIDTH_IN = 8.0
+PANEL_COLUMNS = 2
+LEGEND = {"fontsize": 10, "frameon": False}
+
+
+def legend_style(fig: Figure) -> dict:
+    """LEGEND, with text that stays about 10 pt once the UI shrinks the figure to its width."""
+    width = fig.get_size_inches()[0]
+    return LEGEND | {"fontsize": LEGEND["fontsize"] * max(1.0, width / UI_WIDTH_IN)}
+
+
+def panels(count: int, width: float = 4.8, height: float = 3.8) -> tuple[Figure, list]:
+    """A figure of `count` panels, PANEL_COLUMNS to a row, with room for a legend at the right;
+    the unused cells hidden."""
+    cols = min(PANEL_COLUMNS, count)
+    rows = -(-count // cols)
+    fig = Figure(figsize=(width * cols + 2.8, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for unused in axes[count:]:
+        unused.set_visible(False)
+    return fig, list(axes[:count])
 
 
 def defence_label(c: Configuration) -> str:
@@ -96,13 +119,8 @@ def robustness_vs_lambda(configs, eps: float) -> Figure:
     """Robust accuracy vs λ, every attack, one panel per architecture x activation x defence;
     the naive FGSM and the per-example worst case (with its 95 % interval) drawn bold."""
     groups = _groups(configs)
-    cols = min(3, len(groups))
-    rows = -(-len(groups) // cols)
-    fig = Figure(figsize=(5.5 * cols + 2.5, 4.2 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).flatten()
-    for unused in axes[len(groups) :]:
-        unused.set_visible(False)
-    for ax, (key, cs) in zip(axes, groups.items(), strict=False):
+    fig, axes = panels(len(groups))
+    for ax, (key, cs) in zip(axes, groups.items(), strict=True):
         lams = _lams(cs)
         for attack in _attacks_at(cs, eps):
             bold = attack == NAIVE
@@ -118,7 +136,8 @@ def robustness_vs_lambda(configs, eps: float) -> Figure:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{', '.join(key)}; ε = {eps:g}", fontsize=10)
         ax.set_ylabel("accuracy")
-    axes[cols - 1].legend(loc="upper left", bbox_to_anchor=(1, 1), **LEGEND)
+    axes[min(PANEL_COLUMNS, len(axes)) - 1].legend(loc="upper left", bbox_to_anchor=(1, 1),
+                                                   **legend_style(fig))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -146,7 +165,7 @@ def clean_vs_worst(configs, trials, eps: float) -> Figure:
                     textcoords="offset points")  # fmt: skip
     ax.set_xlabel("clean accuracy (95 % CI)")
     ax.set_ylabel(f"worst-case accuracy, ε = {eps:g} (95 % CI)")
-    ax.legend(**LEGEND)
+    ax.legend(**legend_style(fig))
     fig.tight_layout()
     return fig
 
@@ -176,7 +195,7 @@ def saturation_vs_lambda(configs) -> Figure:
     _lam_axis(ax, all_lams or [1.0])
     ax.set_ylabel("fraction of hidden units")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), **LEGEND)
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), **legend_style(fig))
     fig.tight_layout()
     return fig
 
@@ -192,8 +211,7 @@ def defence_comparison(configs, eps: float) -> Figure:
     groups = _groups(configs, by_defence=False)
     labels = sorted({defence_label(c) for c in configs})
     colours = series_colours(labels)
-    fig = Figure(figsize=(6 * len(groups) + 2.5, 4.5))
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    fig, axes = panels(len(groups))
     for ax, ((arch, act), cs) in zip(axes, groups.items(), strict=True):
         for label in labels:
             mine = [c for c in cs if defence_label(c) == label]
@@ -208,7 +226,8 @@ def defence_comparison(configs, eps: float) -> Figure:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{arch}, {act}: accuracy at ε = {eps:g}", fontsize=10)
         ax.set_ylabel("accuracy")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1, 1), **LEGEND)
+    axes[min(PANEL_COLUMNS, len(axes)) - 1].legend(loc="upper left", bbox_to_anchor=(1, 1),
+                                                   **legend_style(fig))  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -241,7 +260,7 @@ def worst_case_curves(configs, eps: float) -> Figure:
     ax.set_ylabel("worst-case accuracy (95 % CI)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("best configuration per architecture, defence and activation", fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), **LEGEND)
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), **legend_style(fig))
     fig.tight_layout()
     return fig
 
@@ -388,4 +407,5 @@ def write_report(client: MlflowClient, record: SweepRecord, rule: SelectionRule)
     comparisons = baseline_comparisons(client, record, eps, baselines)
     summary = summary_markdown(record, rule, comparisons)
     client.log_text(record.parent_run_id, summary, "report/summary.md")
+    annotate_runs(client, record, rule, comparisons)
     return [*artifacts, "report/summary.md"]

@@ -31,6 +31,9 @@ COLLAPSED_TAG = "satsweep.collapsed"  # "true": a constant or chance-level class
 # how a training-time defence failed, in words: "catastrophic overfitting at epoch N: ..." (a fall
 # after a robust epoch) or "never robust: ..." (no robust epoch at all)
 DEFENCE_FAILURE_TAG = "satsweep.defence_failure"
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, an overview): ours
+# hold model training runs, so they say so and the UI opens on the runs list
+TRAINING_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 WEIGHTS_TAG = "satsweep.final_weights"  # "true" once model/state_dict.pt holds the trained model
 TWIN_TAG = "satsweep.twin_trained"  # this run trained the named lambda = 0 twin and logged it
@@ -79,7 +82,9 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri))
+    return client.create_experiment(
+        name, artifact_location=local_artifact_root(tracking_uri), tags=TRAINING_EXPERIMENT
+    )
 
 
 def code_version() -> str:

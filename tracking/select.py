@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from tracking import metric_names as names
 from tracking.record import Configuration, SweepRecord, TrialRecord, configurations
 from tracking.sweep_run import SweepNotFound
 
@@ -142,7 +141,7 @@ def _verdict(t: TrialRecord, rule: SelectionRule) -> tuple[bool, str]:
         return False, "out: collapsed (predicts one class or sits at chance)"
     if t.clean < rule.min_clean_acc:
         return False, f"out: clean {t.clean:.3f} < floor {rule.min_clean_acc:g}"
-    flags = ", ".join(f for f in t.flags if f != names.MASKING_SUSPECTED)
+    flags = ", ".join(t.flag_reasons())
     if not t.flagged:
         return True, "in: no masking flag" + ("; audited" if t.audited else "")
     if rule.include_flagged:

@@ -20,7 +20,11 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import subprocess
 import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from tracking.store import is_loopback
@@ -130,3 +134,54 @@ def server_command(
         or secrets.token_hex(32),
     }
     return [*argv, "--app-name", "basic-auth"], env
+
+
+@dataclass(frozen=True)
+class UiPage:
+    """Where in MLflow's UI a reader should land: `path` after the server's address, and what
+    it shows, in words."""
+
+    path: str
+    what: str
+
+
+def ui_page(client, sweep: str | None) -> UiPage:
+    """The runs list of `sweep` (default: the sweep created last) in the model-training view:
+    the sweep's experiment is marked a training one first, since MLflow 3 shows an unmarked
+    experiment as a GenAI one (traces, an overview) and the runs one toggle away."""
+    from tracking.runs import TRAINING_EXPERIMENT
+    from tracking.sweep_run import SweepNotFound
+
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    if sweep is not None:
+        chosen = next((e for e in experiments if e.name == sweep), None)
+        if chosen is None:
+            names = ", ".join(e.name for e in experiments) or "none"
+            raise SweepNotFound(f"--sweep {sweep!r}: no such sweep in this store; sweeps: {names}")
+    elif experiments:
+        chosen = max(experiments, key=lambda e: e.creation_time or 0)
+    else:
+        return UiPage("#/experiments", "no sweep in this store yet")
+    for key, value in TRAINING_EXPERIMENT.items():
+        if chosen.tags.get(key) != value:
+            client.set_experiment_tag(chosen.experiment_id, key, value)
+    # the UI's mode (GenAI or model training) is a browser setting unless the address sets it
+    path = f"#/experiments/{chosen.experiment_id}/runs?workflowType=machine_learning"
+    return UiPage(path, f"the runs of {chosen.name!r}")
+
+
+def wait_until_answers(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    """Return once `url`/health answers 200; a ServerError if the server exits first or stays
+    silent for `timeout_s` (polled, so a slow machine only waits longer)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ServerError(f"MLflow's UI exited with code {server.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise ServerError(f"MLflow's UI did not answer on {url} within {timeout_s:g} s")

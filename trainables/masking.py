@@ -14,6 +14,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from tracking.metric_names import MASKING_THRESHOLDS
 from trainables.attacks import ATTACKS
 from trainables.attacks.losses import input_gradient
 from trainables.settings import EvaluationSettings
@@ -114,20 +115,18 @@ def diagnose(
     `evaluate.collapse_check`) keeps its flags but is never `masking_suspected`. A diagnostic
     whose attacks were not run is left out rather than guessed."""
     black_box = tuple(a for a in BLACK_BOX if a != "transfer" or transfer_is_black_box)
-    bounded, m = tuple(ecfg.eps), ecfg.masking
-    checks = {
-        "zero_grad_float32": (zero_f32, m.zero_grad_threshold),
-        "zero_grad_float64": (zero_f64, m.zero_grad_threshold),
-        "stabilisation_gap": (stabilisation_gap(acc, bounded), m.gap_threshold),
-        "single_step_beats_iterative": (single_step_beats_iterative(acc, bounded), m.tolerance),
-        "blackbox_beats_whitebox": (blackbox_beats_whitebox(acc, bounded, black_box), m.tolerance),
-        "eps_non_monotone": (eps_non_monotone(acc, bounded), m.tolerance),
-        "unbounded_failure": (
-            acc.get((UNBOUNDED_ATTACK, ecfg.unbounded_eps)),
-            m.unbounded_threshold,
-        ),
+    bounded = tuple(ecfg.eps)
+    values = {
+        "zero_grad_float32": zero_f32,
+        "zero_grad_float64": zero_f64,
+        "stabilisation_gap": stabilisation_gap(acc, bounded),
+        "single_step_beats_iterative": single_step_beats_iterative(acc, bounded),
+        "blackbox_beats_whitebox": blackbox_beats_whitebox(acc, bounded, black_box),
+        "eps_non_monotone": eps_non_monotone(acc, bounded),
+        "unbounded_failure": acc.get((UNBOUNDED_ATTACK, ecfg.unbounded_eps)),
     }
-    out = {name: (value, value > threshold) for name, (value, threshold) in checks.items()
+    thresholds = {n: getattr(ecfg.masking, field) for n, field in MASKING_THRESHOLDS.items()}
+    out = {name: (value, value > thresholds[name]) for name, value in values.items()
            if value is not None}  # fmt: skip
     suspected = any(flag for _, flag in out.values()) and not collapsed
     out["masking_suspected"] = (float(suspected), suspected)

@@ -42,6 +42,7 @@ NUMERICS = {
     "prefix of the evaluation subset",
 }
 GRID_AXES = ("arch", "activation", "lam", "defence", "seed")  # what varies between trials
+NAME_AXES = ("lam", "activation", "defence", "arch")  # run names: the order a reader compares
 MAX_WIDTH = 1 << 16  # units or channels of one layer: far beyond what fits these datasets
 MAX_EPOCHS = 100_000
 
@@ -321,6 +322,8 @@ class TrialSettings(SweepSettings):
     lam: float = Field(ge=0)
     seed: int = Field(ge=0)
     defence: DefenceSettings = DefenceSettings()
+    # the order of the axes in the run name (`name_order`): the sweep's, not a setting
+    name_order: tuple[str, ...] = Field(NAME_AXES, exclude=True)
 
     @classmethod
     def at(cls, shared: SweepSettings, **point: Any) -> TrialSettings:
@@ -328,7 +331,8 @@ class TrialSettings(SweepSettings):
 
     @property
     def run_name(self) -> str:
-        return run_name(self.arch.name, self.activation, self.lam, self.seed, self.defence.label)
+        return run_name(self.arch.name, self.activation, self.lam, self.seed, self.defence.label,
+                        self.name_order)  # fmt: skip
 
     def params(self) -> dict[str, str]:
         """MLflow params: the settings under their dotted spec names, the numerics, and the
@@ -338,11 +342,26 @@ class TrialSettings(SweepSettings):
         return {**flatten({**dump, "numerics": NUMERICS}), "defence": self.defence.kind}
 
 
-def run_name(arch_name: str, activation: str, lam: float, seed: int, defence: str = "none") -> str:
-    """Readable, unique within a sweep: `mlp-200x200_sigmoid_lam30_seed0`, with the defence's
-    label before the seed unless it is `none`: `mlp-200x200_relu_lam0_pgd-e0.1-k10-a0.025_seed0`."""
-    label = "" if defence == "none" else f"_{defence}"
-    return f"{arch_name}_{activation}_lam{lam:g}{label}_seed{seed}"
+def name_order(varying) -> tuple[str, ...]:
+    """The axes that vary within the sweep first, then the rest, each group in NAME_AXES order:
+    the start of a name is what MLflow's run list shows (about 16 characters)."""
+    return tuple(sorted(NAME_AXES, key=lambda axis: (axis not in varying, NAME_AXES.index(axis))))
+
+
+def run_name(
+    arch_name: str,
+    activation: str,
+    lam: float,
+    seed: int,
+    defence: str = "none",
+    order: tuple[str, ...] = NAME_AXES,
+) -> str:
+    """Readable, unique within a sweep, the axes in `order` then the seed:
+    `lam30_sigmoid_mlp-200x200_seed0`; the defence's label appears unless it is `none`:
+    `lam0_relu_pgd-e0.1-k10-a0.025_mlp-200x200_seed0`."""
+    parts = {"lam": f"lam{lam:g}", "activation": activation, "arch": arch_name,
+             "defence": "" if defence == "none" else defence}  # fmt: skip
+    return "_".join([parts[axis] for axis in order if parts[axis]] + [f"seed{seed}"])
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

@@ -11,12 +11,15 @@ checkpoint and keeps its one MLflow run.
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import ray
@@ -58,6 +61,7 @@ from trainables.evaluate import (
 from trainables.models import export_program
 from trainables.plots import preactivation_histograms, robustness_curves
 from trainables.settings import (
+    NAME_AXES,
     ArchitectureSettings,
     DefenceSettings,
     SweepSettings,
@@ -79,6 +83,7 @@ from trainables.worker_memory import MIB, begin_trial, read_memory, release_free
 
 CHECKPOINT_FILE = "state.pt"
 CURVES_ARTIFACT = "robustness/curves.png"
+CURVES_KEY = "robustness_curves"  # the image key the compare view lines trials up by
 AUDIT_SECONDS = "audit_task_seconds"  # returned to the driver, not logged
 # Tune's console table shows the first four metrics of a report: the headline ones go first.
 HEADLINE_METRICS = (names.EPOCH, names.CLEAN_ACC, names.TRAIN_ACC, names.EFFECTIVE_LAMBDA)
@@ -102,6 +107,7 @@ class SweepContext:
     git_commit: str
     cpus_per_trial: float
     early_stopping: bool  # ASHA ranks by the early-stopping signal: measure it every epoch
+    name_order: tuple[str, ...] = NAME_AXES  # the axes in run names (`settings.name_order`)
 
     def trial(self, config: dict) -> TrialSettings:
         return TrialSettings.at(
@@ -111,6 +117,7 @@ class SweepContext:
             lam=float(config["lam"]),
             seed=int(config["seed"]),
             defence=self.defences[config["defence"]],
+            name_order=self.name_order,
         )
 
 
@@ -166,32 +173,77 @@ def final_evaluation(
 
 
 def log_curves(
-    client: MlflowClient, run_id: str, results: list, cfg: TrialSettings, title: str
+    client: MlflowClient,
+    run_id: str,
+    results: list,
+    cfg: TrialSettings,
+    title: str,
+    audited: bool = False,
 ) -> None:
-    """The trial's robustness curves over the bounded budgets (re-drawn after an audit)."""
+    """The trial's robustness curves over the bounded budgets: a figure artifact, and the same
+    picture as an MLflow image under one key (step 0 after the cheap tier, 1 once audited), so
+    the UI can show several trials' curves side by side in its compare view."""
     accuracy, worst = robustness_curves_data(results, cfg.evaluation.unbounded_eps)
     figure = robustness_curves(accuracy, worst, title, len(results[0].robust))
     client.log_figure(run_id, figure, CURVES_ARTIFACT)
+    client.log_image(run_id, figure_image(figure), key=CURVES_KEY, step=int(audited))
+
+
+def figure_image(figure):
+    """A matplotlib figure as a PIL image (what `log_image` takes with a key)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    return Image.open(buffer)
 
 
 def log_model(
     cfg: TrialSettings, data: Dataset, state: TrainState, client: MlflowClient, run_id: str
 ) -> None:
-    """The final model as run artifacts under `model/`: an exported program, a state_dict and
-    the config that describes its input, so exporting a champion is a copy, not a rebuild."""
+    """The final model as run artifacts under `model/`: an MLflow Model (the `pytorch` flavor,
+    so the registry, `mlflow.pyfunc.load_model` and `mlflow models serve` can use it), and beside
+    it an exported program, a state_dict and the config that describes its input for users who
+    load without MLflow; exporting a champion is then a copy, not a rebuild."""
     model = state.model.eval()
-    with tempfile.TemporaryDirectory() as folder:
-        torch.export.save(export_program(model, data.input_shape), Path(folder) / "model.pt2")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        save_mlflow_model(model, data.input_shape, folder)
+        torch.export.save(export_program(model, data.input_shape), folder / "model.pt2")
         cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(cpu_state, Path(folder) / "state_dict.pt")
+        torch.save(cpu_state, folder / "state_dict.pt")
         info = {
             "dataset": cfg.dataset.name, "input_shape": list(data.input_shape),
             "input_dtype": "float32", "input_range": [0.0, 1.0],
             "num_classes": data.num_classes, "architecture": cfg.arch.model_dump(),
             "activation": cfg.activation, "lam": cfg.lam, "seed": cfg.seed, "run_id": run_id,
         }  # fmt: skip
-        (Path(folder) / "config.json").write_text(json.dumps(info, indent=2))
-        client.log_artifacts(run_id, folder, "model")
+        (folder / "config.json").write_text(json.dumps(info, indent=2))
+        client.log_artifacts(run_id, str(folder), "model")
+
+
+def save_mlflow_model(model: torch.nn.Module, input_shape: tuple[int, ...], folder: Path) -> None:
+    """The classifier as an MLflow Model in `folder`: MLflow's `pt2` serialisation (a
+    `torch.export` program, so loading needs no satsweep code), a CPU copy (a GPU-trained model
+    serves anywhere), a signature float32 N x C x H x W in [0, 1] -> logits with a dynamic batch,
+    and requirements pinned from this environment (MLflow's inference of them would start a
+    subprocess per trial)."""
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    cpu = copy.deepcopy(model).cpu().eval()
+    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = cpu(example)
+    mlflow.pytorch.save_model(
+        cpu,
+        str(folder),
+        serialization_format="pt2",
+        signature=infer_signature(example.numpy(), logits.numpy()),
+        input_example=example.numpy(),
+        pip_requirements=[f"torch=={version('torch')}", f"mlflow=={version('mlflow')}"],
+    )
 
 
 def audit_trial(
@@ -241,7 +293,7 @@ def _audit_in_run(
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.log_dict(run_id, record_with(record, merged), PER_EXAMPLE_ARTIFACT)  # now audited
     client.set_tag(run_id, AUDITED_TAG, "true")
-    log_curves(client, run_id, merged, cfg, f"{cfg.run_name} (audited)")
+    log_curves(client, run_id, merged, cfg, f"{cfg.run_name} (audited)", audited=True)
     audit_info = {
         **cfg.audit.model_dump(mode="json"),
         "skipped_eps": outcome.skipped_eps,  # the cheap tier left nothing standing there
@@ -301,6 +353,8 @@ def _train_in_run(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             load_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
+    else:
+        log_data_inputs(cfg, data, client, run_id)
     try:
         runs = SweepRuns(client, context.experiment_id, context.parent_run_id)
         _train_and_report(cfg, data, state, runs, run_id, context.early_stopping)
@@ -319,6 +373,42 @@ def _train_in_run(
     except BaseException:
         finish_run(client, run_id, "FAILED", note="failed")
         raise
+
+
+def log_data_inputs(cfg: TrialSettings, data: Dataset, client: MlflowClient, run_id: str) -> None:
+    """The data the trial saw, as MLflow dataset inputs (the run list's Dataset column): the
+    training split, the test split clean accuracy is measured on, and the evaluation subset the
+    attacks ran on, each with its digest, sizes (the profile) and, for the subset, its seed."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    e = cfg.evaluation
+    idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
+    splits = {
+        "train": (data.x_train, data.y_train, {}),
+        "test": (data.x_test, data.y_test, {}),
+        "eval": (data.x_test[idx], data.y_test[idx],
+                 {"satsweep.eval_seed": str(e.seed), "satsweep.eval_size": str(len(idx))}),
+    }  # fmt: skip
+    source = dataset_source(cfg)
+    inputs = []
+    for split, (x, y, extra) in splits.items():
+        name = f"{cfg.dataset.name}/{split}" + (f"-{len(idx)}-seed{e.seed}" if extra else "")
+        dataset = mlflow.data.from_numpy(x.cpu().numpy(), targets=y.cpu().numpy(), name=name,
+                                         source=source)  # fmt: skip
+        tags = [InputTag("mlflow.data.context", split)]
+        tags += [InputTag(k, v) for k, v in extra.items()]
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def dataset_source(cfg: TrialSettings):
+    """Where the data came from: the torchvision folder, or the loader of a bundled dataset."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    if cfg.dataset.data_dir:
+        return str(Path(cfg.dataset.data_dir).resolve())
+    return CodeDatasetSource({"loader": f"trainables.data.load_dataset({cfg.dataset.name!r})"})
 
 
 def end_of_trial(client: MlflowClient, run_id: str, trials_run: int, device) -> None:

@@ -37,10 +37,10 @@ def sweep(tmp_path_factory):
 def test_stopped_trials_end_finished_and_say_so(sweep):
     client, trials, _ = sweep
     assert len(trials) == 8 and {r.info.status for r in trials.values()} == {"FINISHED"}
-    stopped = [r for r in trials.values() if r.data.metrics["training_epochs_run"] < EPOCHS]
+    stopped = [r for r in trials.values() if r.data.metrics["train/epochs_run"] < EPOCHS]
     assert stopped, "ASHA stopped no trial: the test exercises nothing"
     assert all(r.data.tags["satsweep.status"] == "stopped_early" for r in stopped)
-    ran = [r for r in trials.values() if r.data.metrics["training_epochs_run"] == EPOCHS]
+    ran = [r for r in trials.values() if r.data.metrics["train/epochs_run"] == EPOCHS]
     assert all(r.data.tags["satsweep.status"] == "finished" for r in ran)
     for run in trials.values():  # the metric ASHA ranks by, every epoch the trial ran
         history = client.get_metric_history(run.info.run_id, "early_stopping/eval_pgd_acc")
@@ -51,7 +51,7 @@ def test_stopped_trials_end_finished_and_say_so(sweep):
 def test_the_parent_counts_the_epochs_asha_saved(sweep):
     _, trials, parent = sweep
     m = parent.data.metrics
-    own = sum(r.data.metrics["training_epochs_run"] for r in trials.values())
-    twins = sum(r.data.metrics.get("twin_epochs_trained", 0) for r in trials.values())
+    own = sum(r.data.metrics["train/epochs_run"] for r in trials.values())
+    twins = sum(r.data.metrics.get("train/twin_epochs_trained", 0) for r in trials.values())
     assert m["sweep/training_epochs_run"] == own + twins
     assert m["sweep/grid_epochs"] == 8 * EPOCHS and own < m["sweep/grid_epochs"]

@@ -38,8 +38,8 @@ def test_no_model_is_trained_twice_when_the_grid_holds_every_twin(sweep):
     *_, parent, trials = sweep
     assert len(trials) == 4
     for run in trials:  # the lambda = 0.5 trials took their twin's logged weights
-        assert run.data.metrics["twin_epochs_trained"] == 0
-        assert run.data.metrics["training_epochs_run"] == 3
+        assert run.data.metrics["train/twin_epochs_trained"] == 0
+        assert run.data.metrics["train/epochs_run"] == 3
     usage = parent.data.metrics
     assert usage["sweep/training_epochs_run"] == usage["sweep/grid_epochs"] == 4 * 3
     assert usage["sweep/training_epochs_ratio"] == 1.0
@@ -50,13 +50,13 @@ def test_each_defence_is_a_param_and_in_the_run_name(sweep):
     _, trials, _, _ = sweep
     assert set(trials) == {"none", "fgsm_rs"}
     fgsm = trials["fgsm_rs"]
-    assert fgsm.info.run_name == "mlp-32_relu_lam0_fgsm_rs-e0.1-a0.125-best_seed0"
+    assert fgsm.info.run_name == "lam0_fgsm_rs-e0.1-a0.125-best_relu_mlp-32_seed0"
     assert (
         fgsm.data.params["defence.eps"] == "0.1"
         and fgsm.data.params["defence.step_size"] == "0.125"
     )
     assert fgsm.data.params["defence.penalty_on"] == "adversarial"
-    assert trials["none"].info.run_name == "mlp-32_relu_lam0_seed0"
+    assert trials["none"].info.run_name == "lam0_relu_mlp-32_seed0"
 
 
 def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
@@ -65,10 +65,10 @@ def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
     checks = client.get_metric_history(run_id, "overfitting/train_pgd_acc")
     assert sorted(m.step for m in checks) == [1, 2, 3]
     assert len(client.get_metric_history(run_id, "catastrophic_overfitting")) == 3
-    assert 1 <= trials["fgsm_rs"].data.metrics["kept_epoch"] <= 3
+    assert 1 <= trials["fgsm_rs"].data.metrics["train/kept_epoch"] <= 3
     # the cost is logged per epoch; how it compares with `none` is a ratio in `make bench`
     # (wall-clock seconds of two trials are not comparable on a loaded machine)
-    seconds = client.get_metric_history(run_id, "train_seconds")
+    seconds = client.get_metric_history(run_id, "timing/train_seconds")
     assert sorted(m.step for m in seconds) == [1, 2, 3] and all(m.value > 0 for m in seconds)
     assert trials["fgsm_rs"].data.metrics["train_seconds_per_epoch"] > 0
 

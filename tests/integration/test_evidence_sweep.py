@@ -52,7 +52,7 @@ def test_every_trial_logs_its_intervals_and_the_points_they_rest_on(swept):
     _, _, runs, stdout = swept
     for run in runs.values():
         m = run.data.metrics
-        assert m["eval_points"] == 300 and m["clean_points"] == 450
+        assert m["points/eval"] == 300 and m["points/clean"] == 450
         low, high = m["worst_case_acc/eps_0.1/ci_low"], m["worst_case_acc/eps_0.1/ci_high"]
         k = round(m["worst_case_acc/eps_0.1"] * 300)
         ci = stats.binomtest(k, 300).proportion_ci(method="wilson")
@@ -70,7 +70,7 @@ def test_best_groups_the_seeds_into_configurations(swept):
     ranking = json.loads(satsweep("best", "evidence", "--json", "--tracking-uri", uri,
                                   cwd=work).stdout)  # fmt: skip
     configs = {c["configuration"]: c for c in ranking["configurations"]}
-    assert set(configs) == {"mlp-32_relu_lam0", "mlp-32_relu_lam0.5"}
+    assert set(configs) == {"lam0_relu_mlp-32", "lam0.5_relu_mlp-32"}
     for name, c in configs.items():
         assert c["seeds"] == [0, 1] and len(c["runs"]) == 2
         seeds = [runs[f"{name}_seed{s}"].data.metrics["worst_case_acc/eps_0.1"] for s in (0, 1)]
@@ -90,7 +90,7 @@ def per_example_worst(client, run) -> np.ndarray:
 def test_compare_of_two_trials_is_recomputed_from_their_per_example_results(swept):
     work, client, runs, _ = swept
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    a_name, b_name = "mlp-32_relu_lam0.5_seed0", "mlp-32_relu_lam0_seed0"
+    a_name, b_name = "lam0.5_relu_mlp-32_seed0", "lam0_relu_mlp-32_seed0"
     out = satsweep("compare", "evidence", a_name, b_name, "--json", "--tracking-uri", uri,
                    cwd=work)  # fmt: skip
     result = json.loads(out.stdout)

@@ -203,5 +203,5 @@ def test_nan_trial_is_marked_diverged_while_the_others_finish(tmp_path):
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0 and "champion mlp-32_relu_lam0 (1 seed)" in out.stdout
+    assert out.returncode == 0 and "champion lam0_relu_mlp-32 (1 seed)" in out.stdout
     assert "out: diverged" in out.stdout

@@ -1,15 +1,21 @@
 """A real sweep: `satsweep run` on a real local Ray instance with a real SQLite MLflow store."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tracking.select import best_run_id
+from tracking.select import SelectionError, best_run_id
 from trainables.activations import ACTIVATIONS
 from trainables.data import load_dataset
 
@@ -94,7 +100,7 @@ def test_store_holds_one_sweep_run_and_four_finished_linked_trials(finished_swee
     assert {t.info.status for t in trials} == {"FINISHED"}
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {sweeps[0].info.run_id}
     assert {t.info.run_name for t in trials} == {
-        f"{a}_{act}_lam0.5_seed0" for a in ("mlp-32", "cnn-c4-16") for act in ("relu", "sigmoid")
+        f"{act}_{a}_lam0.5_seed0" for a in ("mlp-32", "cnn-c4-16") for act in ("relu", "sigmoid")
     }
 
 
@@ -105,7 +111,7 @@ def test_a_twin_the_grid_lacks_is_trained_once_by_the_trial_that_needs_it(finish
     sweeps, trials = runs_by_role(client)
     twins = [t.data.tags["satsweep.twin_trained"] for t in trials]
     assert sorted(twins) == sorted(t.info.run_name.replace("lam0.5", "lam0") for t in trials)
-    assert {t.data.metrics["twin_epochs_trained"] for t in trials} == {EPOCHS}
+    assert {t.data.metrics["train/twin_epochs_trained"] for t in trials} == {EPOCHS}
     usage = sweeps[0].data.metrics
     assert usage["sweep/training_epochs_run"] == 2 * usage["sweep/grid_epochs"] == 2 * 4 * EPOCHS
 
@@ -119,7 +125,7 @@ def test_every_trial_logs_clean_acc_per_epoch(finished_sweep):
         assert "early_stopping/eval_pgd_acc" not in t.data.metrics  # only ASHA pays for it
         assert all(0.0 <= m.value <= 1.0 for m in history)
         lam = sorted(
-            client.get_metric_history(t.info.run_id, "effective_lambda"), key=lambda m: m.step
+            client.get_metric_history(t.info.run_id, "train/effective_lambda"), key=lambda m: m.step
         )
         assert [m.value for m in lam] == pytest.approx([0.25, 0.5, 0.5, 0.5, 0.5])
 
@@ -220,11 +226,8 @@ def exported(finished_sweep, tmp_path_factory):
 
 def test_export_writes_the_files_and_registers_the_champion(exported, finished_sweep):
     out, client, stdout = exported
-    assert {p.name for p in out.iterdir()} == {
-        "model.pt2",
-        "state_dict.pt",
-        "config.json",
-        "metrics.json",
+    assert {"model.pt2", "state_dict.pt", "config.json", "metrics.json", "MLmodel"} <= {
+        p.name for p in out.iterdir()
     }
     config = json.loads((out / "config.json").read_text())
     assert config["sweep"] == "it-sweep" and config["input_shape"] == [1, 8, 8]
@@ -304,3 +307,181 @@ def test_console_is_the_runs_own_voice(finished_sweep):
     assert "WARNING" not in everything and "╭" not in everything and "Traceback" not in everything
     assert len(lines) <= 40
     assert "slot utilisation" in out.stdout
+
+
+MLFLOW_LOADERS = """
+import json, sys, mlflow.pyfunc, mlflow.pytorch, torch
+x, _ = torch.load(sys.argv[2], weights_only=True)
+exported = torch.export.load(sys.argv[1] + "/model.pt2").module()
+with torch.no_grad():
+    want = exported(x)
+    by_torch_flavor = mlflow.pytorch.load_model("models:/it-sweep@champion")(x)
+served = mlflow.pyfunc.load_model("models:/it-sweep@champion")
+by_pyfunc = torch.as_tensor(served.predict(x.numpy()))
+print(json.dumps({"pytorch": (by_torch_flavor - want).abs().max().item(),
+                  "pyfunc": (by_pyfunc - want).abs().max().item(),
+                  "same_digits": bool((by_pyfunc.argmax(1) == want.argmax(1)).all())}))
+"""
+
+
+@pytest.fixture
+def promoted(finished_sweep, tmp_path):
+    """A trial exported with --champion now: the folder the registry's alias points at, whatever
+    the tests before moved it to."""
+    _, client, work = finished_sweep
+    _, trials = runs_by_role(client)
+    out = tmp_path / "promoted"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "export", trials[-1].info.run_id, "--out", str(out),
+         "--champion"],
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_inputs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inputs") / "test.pt"
+    data = load_dataset("digits", None, False)
+    torch.save((data.x_test, data.y_test), path)
+    return path, data
+
+
+def test_the_registered_champion_loads_through_each_mlflow_loader(
+    promoted, finished_sweep, test_inputs
+):
+    """In a fresh process, as a user of the registry would: both MLflow loaders predict what
+    the exported program does."""
+    out = promoted
+    path, _ = test_inputs
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{finished_sweep[2] / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-c", MLFLOW_LOADERS, str(out), str(path)],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["pytorch"] <= 1e-5 and result["pyfunc"] <= 1e-5 and result["same_digits"]
+
+
+def http_until(url: str, server: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Wait until `url` answers 200 (or fail if the server exits), polling."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stdout.read()[-3000:]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+
+
+def test_mlflow_models_serve_answers_with_the_champions_predictions(
+    promoted, finished_sweep, test_inputs
+):
+    out = promoted
+    _, data = test_inputs
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{finished_sweep[2] / 'mlflow.db'}"}
+    # as a user with the project's environment activated: MLflow runs `uvicorn` from PATH
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/it-sweep@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        http_until(f"http://127.0.0.1:{port}/ping", server)
+        x = data.x_test[:8]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            served = torch.tensor(json.loads(answer.read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    exported_program = torch.export.load(str(out / "model.pt2")).module()
+    with torch.no_grad():
+        assert torch.allclose(served, exported_program(x), atol=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_satsweep_ui_says_ready_once_it_answers_and_opens_the_runs(finished_sweep):
+    _, client, work = finished_sweep
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", "ui", "--sweep", "it-sweep"],
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while not any("ready" in line for line in lines):
+            line = ui.stdout.readline()
+            assert line, ui.stderr.read()[-3000:]  # it exited before saying it was ready
+            lines.append(line)
+        url = lines[-1].split("ready: ")[1].split()[0]
+        with urllib.request.urlopen(url.split("#")[0], timeout=10) as answer:  # answers at once
+            assert answer.status == 200
+    finally:
+        ui.send_signal(signal.SIGINT)
+        ui.wait(timeout=60)
+    experiment = client.get_experiment_by_name("it-sweep")
+    assert f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in url
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert len(lines) == 2  # what it is doing, then the address: MLflow's own lines go to a log
+
+
+def test_the_parent_names_the_champion_and_one_filter_finds_it(finished_sweep):
+    _, client, work = finished_sweep
+    sweeps, trials = runs_by_role(client)
+    description = sweeps[0].data.tags["mlflow.note.content"]
+    assert "Rule:" in description and "worst case at eps" in description
+    experiment = client.get_experiment_by_name("it-sweep").experiment_id
+    found = client.search_runs([experiment], "tags.`satsweep.champion` = 'true'")
+    try:
+        champion = best_run_id(f"sqlite:///{work / 'mlflow.db'}", "it-sweep")
+    except SelectionError:
+        assert not found and "No configuration passes the rule" in description
+        return
+    assert [r.info.run_id for r in found] == [champion]
+    assert f"Champion: {found[0].info.run_name.removesuffix('_seed0')}" in description
+
+
+def test_every_trial_says_whether_it_is_in_selection_and_why(finished_sweep):
+    _, _, _ = finished_sweep
+    _, trials = runs_by_role(finished_sweep[1])
+    for t in trials:
+        note, where = t.data.tags["mlflow.note.content"], t.data.tags["satsweep.selection"]
+        assert note.startswith(("In selection", "**Out** of selection", "**Champion**"))
+        assert (where == "in") == (not note.startswith("**Out**"))
+        assert f"clean {t.data.metrics['clean_acc']:.3f}" in note and "floor 0.9" in note
+        flagged = [f for f in ("stabilisation_gap", "zero_grad_float32")
+                   if t.data.tags.get(f"masking.{f}") == "true"]  # fmt: skip
+        for flag in flagged:  # each flag beside the value and threshold that raised it
+            value = t.data.metrics[f"masking/{flag}"]
+            assert f"{flag} {value:.3f} >" in note
+
+
+def test_trials_log_their_data_as_mlflow_datasets_and_their_curves_as_images(finished_sweep):
+    _, client, _ = finished_sweep
+    _, trials = runs_by_role(client)
+    for t in trials:
+        inputs = client.get_run(t.info.run_id).inputs.dataset_inputs
+        contexts = {
+            {tag.key: tag.value for tag in i.tags}["mlflow.data.context"]: i for i in inputs
+        }
+        assert set(contexts) == {"train", "test", "eval"}
+        evaluation = contexts["eval"]
+        tags = {tag.key: tag.value for tag in evaluation.tags}
+        assert tags["satsweep.eval_seed"] == "0" and tags["satsweep.eval_size"] == "200"
+        assert json.loads(evaluation.dataset.profile)["features_shape"] == [200, 1, 8, 8]
+        images = [a.path for a in client.list_artifacts(t.info.run_id, "images")]
+        assert any("robustness_curves" in path for path in images), images

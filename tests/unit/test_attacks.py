@@ -126,7 +126,7 @@ def test_worst_case_is_per_example_not_a_minimum_of_accuracies():
     assert worst_case(results, 0.1).tolist() == [False] * 4
     metrics = robustness_metrics(results, selection=torch.tensor([True, False, True, False]))
     assert metrics["robust_acc/a/eps_0.1"] == 0.5 and metrics["worst_case_acc/eps_0.1"] == 0.0
-    assert metrics["eval_points"] == 4
+    assert metrics["points/eval"] == 4
 
 
 def test_eval_subset_is_fixed_and_nested_in_larger_audit_sets():

@@ -44,7 +44,9 @@ def test_pgd_training_raises_pgd_accuracy_well_above_plain_training(plain_and_pg
     robust_acc = held_out_pgd_acc(robust.model.eval(), digits)
     assert robust_acc > plain_acc + 0.2, (plain_acc, robust_acc)
     assert history[-1]["clean_acc"] > 0.8
-    assert history[-1]["defence_eps"] == EPS and history[-1]["catastrophic_overfitting"] == 0.0
+    assert (
+        history[-1]["train/defence_eps"] == EPS and history[-1]["catastrophic_overfitting"] == 0.0
+    )
 
 
 @pytest.mark.parametrize("kind", ["fgsm_rs", "pgd", "trades"])

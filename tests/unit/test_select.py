@@ -243,7 +243,7 @@ def synthetic_sweep(folder, trials: list[dict]) -> str:
         for key, value in {**JUDGED_BY, "arch.name": "mlp-8", "activation": "relu",
                            **t["params"]}.items():  # fmt: skip
             client.log_param(run.info.run_id, key, value)
-        for key, value in {"clean_acc": 0.95, "eval_points": 400.0, **t["metrics"]}.items():
+        for key, value in {"clean_acc": 0.95, "points/eval": 400.0, **t["metrics"]}.items():
             client.log_metric(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id)
     return uri

@@ -178,7 +178,7 @@ def test_cli_dry_run_prints_every_trial():
     spec, _ = load_spec(REPO / "sweeps" / "quickstart.yaml")
     assert out.returncode == 0
     assert f"{spec.num_trials} trials" in out.stdout
-    assert "mlp-64x64_sigmoid_lam3_seed0" in out.stdout
+    assert "lam3_sigmoid_mlp-64x64_seed0" in out.stdout
 
 
 def test_cli_unwritable_storage_exits_2_before_ray_starts(tmp_path):
@@ -319,3 +319,19 @@ def test_tune_runs_the_grid_in_the_order_grid_points_promises_zero_lambda_first(
     for seed in (0, 1):  # a twin shares its trial's seed: all of a seed's twins come first
         lams = [point["lam"] for point in tune_order if point["seed"] == seed]
         assert lams == sorted(lams) and lams[:2] == [0.0, 0.0]
+
+
+def test_run_names_lead_with_the_axes_that_vary_and_keep_the_rest():
+    """MLflow's run list shows about 16 characters of a name: what differs comes first."""
+    from sweeps.grid import grid_points, naming, trial_name
+
+    spec = parse_spec(with_change("grid.lambdas", [0.0, 0.5]))
+    order = naming(spec)
+    assert order[0] == "lam" and len(order) == 4
+    names = {trial_name(p, order) for p in grid_points(spec)}
+    assert len(names) == spec.num_trials  # unique within the sweep
+    assert all(n.startswith(("lam0_", "lam0.5_")) and n.endswith("_seed0") for n in names)
+    assert all("mlp-16" in n and "relu" in n for n in names)  # the fixed axes stay in the name
+    varied = with_change("grid.activations", ["relu", "sigmoid"])
+    varied["grid"]["lambdas"] = [0.0]
+    assert naming(parse_spec(varied))[0] == "activation"

@@ -21,14 +21,14 @@ def run(cfg, data):
 
 
 def untimed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.startswith("train_seconds")}
+    return {k: v for k, v in metrics.items() if not k.startswith("timing/")}
 
 
 def test_mlp_learns_digits(cfg_factory, digits):
     history, _ = run(cfg_factory(training={"epochs": 8}), digits)
     assert [m["epoch"] for m in history] == list(range(1, 9))
     assert history[-1]["clean_acc"] >= 0.9
-    assert history[-1]["cross_entropy"] < history[0]["cross_entropy"]
+    assert history[-1]["train/cross_entropy"] < history[0]["train/cross_entropy"]
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(cfg_factory, digits):
@@ -36,14 +36,14 @@ def test_same_seed_same_numbers_other_seed_other_numbers(cfg_factory, digits):
     b, _ = run(cfg_factory(training={"epochs": 2}), digits)
     c, _ = run(cfg_factory(seed=1, training={"epochs": 2}), digits)
     assert a == b
-    assert a[-1]["loss"] != c[-1]["loss"]
+    assert a[-1]["train/loss"] != c[-1]["train/loss"]
 
 
 def test_penalty_drives_sigmoid_units_into_saturation(cfg_factory, digits):
     plain, _ = run(cfg_factory(activation="sigmoid", training={"epochs": 8}), digits)
     penalised, _ = run(cfg_factory(activation="sigmoid", lam=5.0, training={"epochs": 8}), digits)
     assert penalised[-1]["saturation/layer1"] > plain[-1]["saturation/layer1"] + 0.3
-    assert penalised[-1]["penalty"] < plain[-1]["penalty"]
+    assert penalised[-1]["train/penalty"] < plain[-1]["train/penalty"]
 
 
 def test_linear_warmup_reports_rising_lambda(cfg_factory, digits):
@@ -51,7 +51,7 @@ def test_linear_warmup_reports_rising_lambda(cfg_factory, digits):
         lam=2.0, training={"epochs": 3, "penalty": {"schedule": "linear", "warmup_epochs": 2}}
     )
     history, _ = run(cfg, digits)
-    assert [m["effective_lambda"] for m in history] == pytest.approx([1.0, 2.0, 2.0])
+    assert [m["train/effective_lambda"] for m in history] == pytest.approx([1.0, 2.0, 2.0])
 
 
 def test_cnn_metrics_cover_every_hidden_layer(cfg_factory, digits):
@@ -119,7 +119,7 @@ def test_a_resumed_keep_best_trial_ends_on_the_weights_an_uninterrupted_one_kept
     defence = DefenceSettings(kind="fgsm_rs", eps=0.3, keep_best=True)
     cfg = cfg_factory(training={"epochs": 8}).model_copy(update={"defence": defence})
     whole = new_state(cfg, digits, torch.device("cpu"))
-    kept = list(train(cfg, digits, whole))[-1]["kept_epoch"]
+    kept = list(train(cfg, digits, whole))[-1]["train/kept_epoch"]
     stop_at = kept + 1
     assert stop_at < cfg.training.epochs, "the best epoch must come before the interruption"
 
@@ -134,7 +134,7 @@ def test_a_resumed_keep_best_trial_ends_on_the_weights_an_uninterrupted_one_kept
         if forget_the_watch:  # what a checkpoint without the watch's state restored
             later.best_watch, later.best_epoch, later.best_weights = -1.0, 0, None
         history = list(train(cfg, digits, later))
-        return later, history[-1]["kept_epoch"]
+        return later, history[-1]["train/kept_epoch"]
 
     state, kept_after_resume = resumed(forget_the_watch=False)
     assert kept_after_resume == kept
