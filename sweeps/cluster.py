@@ -32,6 +32,6 @@ def experiment_path(spec: SweepSpec, storage_path: str) -> str:
     (an S3 endpoint, say) stays at the end."""
     root = storage_uri(storage_path)
     if "://" not in root:
-        return str(Path(root) / spec.name)
+        return str(Path(root) / spec.folder_name)
     base, mark, query = root.partition("?")
-    return f"{base.rstrip('/')}/{spec.name}{mark}{query}"
+    return f"{base.rstrip('/')}/{spec.folder_name}{mark}{query}"

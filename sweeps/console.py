@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import sys
 
@@ -142,14 +143,14 @@ def closing_lines(record, rule, usage: dict, failed: int, launch: int, tracking_
     champion = champion_or_none(record.trials.values(), rule)
     if champion is None:
         say(f"no champion yet by the rule ({rule.describe()}): `{command()} best "
-            f"{record.name}` says why each trial is out")  # fmt: skip
+            f"{shlex.quote(record.name)}` says why each trial is out")  # fmt: skip
     else:
         for line in champion_lines(champion, rule.eps):
             say(line)
-    me, store = command(), store_flag(tracking_uri)
-    say(f"next:  {me} best {record.name}{store}   (why each trial is in or out)")
-    say(f"       {me} ui{store}   (browse every run in MLflow)")
-    say(f"       {me} export {record.name} --out champion{store}")
+    me, store, sweep = command(), store_flag(tracking_uri), shlex.quote(record.name)
+    say(f"next:  {me} best {sweep}{store}   (why each trial is in or out)")
+    say(f"       {me} ui --sweep {sweep}{store}   (browse every run in MLflow)")
+    say(f"       {me} export {sweep} --out champion{store}")
 
 
 def champion_lines(champion, eps: float) -> list[str]:

@@ -11,6 +11,7 @@ the run says (`console.py`). Every MLflow run this creates ends FINISHED, FAILED
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def run_sweep(
     survive_killed_workers()  # a worker killed for memory fails its trial, not the sweep
     # Tune's own Ctrl-C handler ends fit() as if the sweep had finished: take the signal here
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    with sweep_lock(storage_path, spec.name):
+    with sweep_lock(storage_path, spec.folder_name):
         clock = LaunchClock()  # this launch's wall time starts with Ray's
         connect_ray(address, verbose)
         signal.signal(signal.SIGTERM, _interrupt)
@@ -201,7 +202,7 @@ def report_sweep(client: MlflowClient, record: SweepRecord, spec: SweepSpec) -> 
         paths = write_report(client, record, spec.selection)
         say(f"report logged to the sweep run ({len(paths)} files under report/)")
     except Exception as err:  # the trials' results are safe; the report can be redone
-        say(f"report failed ({err}); redo it with `{command()} report {spec.name}`")
+        say(f"report failed ({err}); redo it with `{command()} report {shlex.quote(spec.name)}`")
 
 
 def account(

@@ -30,7 +30,10 @@ from trainables.settings import (
     run_name,
 )
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a folder and experiment name
+# a sweep's name is its MLflow experiment and registered model, in any language; its folders
+# (Ray's experiment state, the launch lock) use `folder_name`, derived from it
+FOLDER_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+MAX_NAME = 100
 MAX_SPEC_BYTES = 1 << 20
 MAX_RUN_NAME = 200  # Ray adds "_<trial id>" to make a folder name; file systems allow 255
 
@@ -123,13 +126,26 @@ class SweepSpec(SweepSettings):
     # multiply a sweep's cost a thousandfold
     confirm_above: int = Field(1000, ge=1, le=10**9, **fix("use e.g. 1000"))
 
+    @property
+    def folder_name(self) -> str:
+        """The sweep's name as a folder: itself when it is plain ASCII (letters, digits, `_`, `-`,
+        `.`), else an ASCII rendering plus a hash of the name, so two names never share one."""
+        return folder_name(self.name)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> SweepSpec:
         require(
-            bool(NAME_PATTERN.match(self.name)) and ".." not in self.name,
+            usable_name(self.name),
             "name",
-            f"{self.name!r} is not a usable sweep name (it names a folder and an experiment)",
-            "use up to 100 letters, digits, '_', '-' or '.', starting with a letter or digit",
+            f"{self.name!r} is not a usable sweep name (it names an MLflow experiment and model)",
+            f"use up to {MAX_NAME} characters in any language, without '/', '\\', ':' or control "
+            "characters, not starting or ending with a space",
+        )
+        require(
+            not (self.audit.enabled and not self.audit.attacks),
+            "audit.attacks",
+            "is empty while audit.enabled is true: the audit would attack nothing",
+            "list square and/or autoattack, or set audit.enabled: false",
         )
         longest = run_name(
             max(self.architectures, key=len),
@@ -230,6 +246,26 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, str]:
     except yaml.YAMLError as err:
         raise SpecError(str(path), f"not valid YAML ({err})", "fix the YAML syntax") from None
     return parse_spec(raw, source=path.name), text
+
+
+def usable_name(name: str) -> bool:
+    """An experiment and registered-model name MLflow accepts and a person can type back."""
+    printable = all(ch.isprintable() for ch in name) and not set(name) & set("/\\:")
+    return 0 < len(name) <= MAX_NAME and printable and name == name.strip() and name.strip(".")
+
+
+def folder_name(name: str) -> str:
+    """`name` where it is a safe folder name already, else its ASCII letters (accents dropped,
+    the rest as `-`) and the first 8 hex digits of its SHA-1."""
+    import hashlib
+    import unicodedata
+
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    safe = FOLDER_SAFE.sub("-", ascii_name).strip("-.")
+    if safe == name:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{safe[:80]}-{digest}" if safe else f"sweep-{digest}"
 
 
 def parse_spec(raw: object, source: str = "spec") -> SweepSpec:

@@ -167,7 +167,7 @@ def new_tuner(
             trial_dirname_creator=lambda t: f"{trial_name(t.config, order)}_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
+            name=spec.folder_name,  # a folder: the experiment keeps the name as given
             storage_path=storage_uri(storage_path),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),

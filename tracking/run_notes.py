@@ -59,7 +59,7 @@ def trial_description(t: TrialRecord, rule: SelectionRule, chosen: bool) -> str:
     (the clean floor, and every raised masking flag's own threshold)."""
     eligible, why = verdict(t, rule)
     reason = why.removeprefix("in: ").removeprefix("out: ")
-    head = "**Champion** of the sweep" if chosen else ("In" if eligible else "**Out** of")
+    head = "**Champion**, in" if chosen else ("In" if eligible else "**Out** of")
     figures = [] if "clean " in reason else [f"clean {t.clean:.3f} (floor {rule.min_clean_acc:g})"]
     if t.flag_reasons() and "flagged (" not in reason:
         figures.append(f"masking flags {', '.join(t.flag_reasons())}")

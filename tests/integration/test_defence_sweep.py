@@ -70,7 +70,7 @@ def test_the_defended_trial_logs_its_check_and_its_cost(sweep):
     # (wall-clock seconds of two trials are not comparable on a loaded machine)
     seconds = client.get_metric_history(run_id, "timing/train_seconds")
     assert sorted(m.step for m in seconds) == [1, 2, 3] and all(m.value > 0 for m in seconds)
-    assert trials["fgsm_rs"].data.metrics["train_seconds_per_epoch"] > 0
+    assert trials["fgsm_rs"].data.metrics["timing/train_seconds_per_epoch"] > 0
 
 
 def test_report_compares_the_defences(sweep):

@@ -108,7 +108,7 @@ def test_compare_of_two_configurations_pools_their_seeds(swept):
     uri = f"sqlite:///{work / 'mlflow.db'}"
     result = json.loads(satsweep("compare", "evidence", "lam=0.5", "lam=0", "--json",
                                  "--tracking-uri", uri, cwd=work).stdout)  # fmt: skip
-    means = {lam: [per_example_worst(client, runs[f"mlp-32_relu_lam{lam}_seed{s}"]).mean()
+    means = {lam: [per_example_worst(client, runs[f"lam{lam}_relu_mlp-32_seed{s}"]).mean()
                    for s in (0, 1)] for lam in ("0.5", "0")}  # fmt: skip
     assert result["diff"] == pytest.approx(np.mean(means["0.5"]) - np.mean(means["0"]))
     assert result["test"] == "welch_t" and result["n_seeds"] == [2, 2]

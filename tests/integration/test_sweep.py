@@ -430,6 +430,9 @@ def test_satsweep_ui_says_ready_once_it_answers_and_opens_the_runs(finished_swee
         url = lines[-1].split("ready: ")[1].split()[0]
         with urllib.request.urlopen(url.split("#")[0], timeout=10) as answer:  # answers at once
             assert answer.status == 200
+        search = url.split("#")[0] + "ajax-api/2.0/mlflow/experiments/search?max_results=5"
+        with urllib.request.urlopen(search, timeout=10) as answer:
+            assert b'"it-sweep"' in answer.read()  # it serves the store it was pointed at
     finally:
         ui.send_signal(signal.SIGINT)
         ui.wait(timeout=60)
@@ -460,7 +463,9 @@ def test_every_trial_says_whether_it_is_in_selection_and_why(finished_sweep):
     _, trials = runs_by_role(finished_sweep[1])
     for t in trials:
         note, where = t.data.tags["mlflow.note.content"], t.data.tags["satsweep.selection"]
-        assert note.startswith(("In selection", "**Out** of selection", "**Champion**"))
+        assert note.startswith(
+            ("In selection", "**Out** of selection", "**Champion**, in selection")
+        )
         assert (where == "in") == (not note.startswith("**Out**"))
         assert f"clean {t.data.metrics['clean_acc']:.3f}" in note and "floor 0.9" in note
         flagged = [f for f in ("stabilisation_gap", "zero_grad_float32")

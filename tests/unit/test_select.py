@@ -11,6 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmarks.big_store import JUDGED_BY  # the thresholds a real trial logs
+from tracking.record import TrialRecord
+from tracking.run_notes import trial_description
 from tracking.select import (
     SelectionError,
     SelectionRule,
@@ -333,3 +335,23 @@ def test_the_audit_ranks_trials_as_the_rule_does(tmp_path):
     (top,) = audit_candidates(record, SelectionRule(eps=0.1), top_k=1)
     assert top.name == "shiny_seed0"
     assert select_champion(record.trials.values(), SelectionRule(eps=0.1)).model.name == top.name
+
+
+def flagged_trial(clean: float, audited: bool, gap_threshold: str) -> TrialRecord:
+    return TrialRecord(
+        run_id="r", name="lam1_relu_mlp-8_seed0", ray_trial_id="t", status="finished",
+        params={**JUDGED_BY, "evaluation.masking.gap_threshold": gap_threshold},
+        metrics={"clean_acc": clean, "masking/stabilisation_gap": 0.3,
+                 "worst_case_acc/eps_0.1": 0.2, "worst_case_acc/eps_1": 0.0},
+        flags=("masking_suspected", "stabilisation_gap"), audited=audited, start_ms=0, end_ms=1,
+    )  # fmt: skip
+
+
+def test_a_trials_description_puts_each_threshold_beside_the_value_it_judged():
+    rule = SelectionRule(eps=0.1, min_clean_acc=0.9)
+    out = trial_description(flagged_trial(0.85, audited=False, gap_threshold="0.25"), rule, False)
+    assert out.startswith("**Out** of selection: clean 0.850 < floor 0.9")
+    assert "stabilisation_gap 0.300 > 0.25" in out and "worst case 0.200 at ε = 0.1" in out
+    admitted = trial_description(flagged_trial(0.95, audited=True, gap_threshold="0.1"), rule, True)
+    assert admitted.startswith("**Champion**, in selection: flagged (stabilisation_gap")
+    assert "0.300 > 0.1" in admitted and "clean 0.950 (floor 0.9)" in admitted

@@ -89,6 +89,11 @@ MALFORMED = [
     ("evaluation.stopping_size", -1, "evaluation.stopping_size"),
     ("evaluation.stopping_eps", 0.0, "evaluation.stopping_eps"),
     ("storage_path", "", "storage_path"),
+    ("audit.attacks", [], "audit.attacks"),
+    ("name", "a/b", "name"),
+    ("name", " padded", "name"),
+    ("name", "tab\there", "name"),
+    ("name", "x" * 101, "name"),
 ]
 
 
@@ -335,3 +340,18 @@ def test_run_names_lead_with_the_axes_that_vary_and_keep_the_rest():
     varied = with_change("grid.activations", ["relu", "sigmoid"])
     varied["grid"]["lambdas"] = [0.0]
     assert naming(parse_spec(varied))[0] == "activation"
+
+
+@pytest.mark.parametrize(
+    "name", ["Sättigung gegen PGD", "飽和 スイープ", "sweep one", "plain-name.2"]
+)
+def test_a_sweep_may_be_named_in_any_language_and_gets_a_safe_folder(name):
+    spec = parse_spec(with_change("name", name))
+    assert spec.name == name  # the experiment keeps the name as given
+    folder = spec.folder_name
+    assert folder.isascii() and all(c.isalnum() or c in "_.-" for c in folder)
+    assert folder == name if name.isascii() and " " not in name else folder != name
+    others = {
+        parse_spec(with_change("name", other)).folder_name for other in (name + "!", name + "?")
+    }
+    assert len(others | {folder}) == 3  # names differing only in unsafe characters do not collide
