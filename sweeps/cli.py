@@ -496,12 +496,15 @@ def cmd_export(args) -> int:
     info = export_model(existing_store(args.tracking_uri), args.sweep_or_run, args.out,
                         champion=args.champion, eps=args.eps, min_clean_acc=args.min_clean_acc,
                         include_flagged=args.include_flagged)  # fmt: skip
-    print(f"exported {info['run_name']} (run {info['run_id']}) to {info['out']}: "
-          "model.pt2, state_dict.pt, config.json, metrics.json")  # fmt: skip
+    print(f"exported {info['run_name']} (run {info['run_id']}) to {info['out']}: model.pt2, "
+          "state_dict.pt, config.json, metrics.json; an MLflow Model (MLmodel)")  # fmt: skip
     alias = ", alias 'champion'" if info["champion"] else " (alias 'champion' unchanged)"
     print(f"registered model {info['registered_model']!r} version {info['version']}{alias}")
     print(f"load it anywhere with torch only: torch.export.load('{info['out']}/model.pt2')"
           ".module()")  # fmt: skip
+    if info["champion"]:
+        print(f"or through MLflow: mlflow.pyfunc.load_model("
+              f"'models:/{info['registered_model']}@champion')")  # fmt: skip
     return 0
 
 
