@@ -11,6 +11,12 @@ import ray
 from sweeps.preflight import storage_uri
 from sweeps.spec import SweepSpec
 
+# Tune waits this long for a stopped trial's function thread before it reuses the worker for
+# the next trial (its default, 2 s, fails that next trial with "Trainable runner reuse requires
+# reset_config()..." whenever a stopped trial's cleanup, freeing memory and logging, runs longer,
+# as it can on a loaded machine); the wait ends as soon as the thread does
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
+
 
 def connect_ray(address: str | None, verbose: bool = False) -> None:
     """Connect to a cluster (`auto`, `ray://host:port`, or RAY_ADDRESS), else start a new local
@@ -20,7 +26,8 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
+    quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR",
+             "runtime_env": {"env_vars": WORKER_ENV}}  # fmt: skip
     if address:
         ray.init(address=address, **quiet)
     else:

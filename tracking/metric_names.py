@@ -77,6 +77,27 @@ SATURATION_FLAT = "saturation_float32_flat/"
 WEIGHT_KURTOSIS = "weight_kurtosis/"
 
 
+# the summary again, under one prefix MLflow's chart view shows first (it sorts its sections by
+# prefix, in code-point order, capitals first, and puts unprefixed metrics last)
+SUMMARY = "Summary/"
+SUMMARY_FLAGS = (MASKING_SUSPECTED, COLLAPSED, CATASTROPHIC_OVERFITTING, NEVER_ROBUST)
+
+
+def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """`Summary/clean_acc`, `Summary/worst_case_eps_<e>` per budget and the flags, copied from a
+    trial's final (or audited) metrics; what is absent there is left out."""
+    out = {f"{SUMMARY}{CLEAN_ACC}": metrics[CLEAN_ACC]} if CLEAN_ACC in metrics else {}
+    for key, value in metrics.items():
+        eps = parse_worst_case_acc(key)
+        if eps is not None and key == worst_case_acc(eps):
+            out[f"{SUMMARY}worst_case_{eps_key(eps)}"] = value
+    for flag in SUMMARY_FLAGS:
+        value = metrics.get(flag, metrics.get(masking(flag)))
+        if value is not None:
+            out[f"{SUMMARY}{flag}"] = value
+    return out
+
+
 def eps_key(eps: float) -> str:
     """`eps_0.1`: the budget as it appears in metric names."""
     return f"eps_{eps:g}"

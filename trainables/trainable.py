@@ -289,6 +289,7 @@ def _audit_in_run(
         cfg,
     )
     metrics |= {names.autoattack_stage_seconds(s): v for s, v in outcome.stage_seconds.items()}
+    metrics |= names.summary_metrics(metrics)  # the audited worst case and flag
     log_epoch(client, run_id, metrics, step=cfg.training.epochs)
     log_masking_tags(client, run_id, {name: flag for name, (_, flag) in diagnostics.items()})
     client.log_dict(run_id, record_with(record, merged), PER_EXAMPLE_ARTIFACT)  # now audited
@@ -451,6 +452,7 @@ def _train_and_report(
         if state.epoch == epochs:
             final, raised = final_evaluation(cfg, data, state, runs, run_id)
             metrics |= final
+            metrics |= names.summary_metrics(metrics)
             flags = {names.FLAGS_REPORT: ", ".join(raised)}  # for the console; not a metric
         elif every and state.epoch % every == 0:
             metrics |= quick_evaluation(cfg, data, state.model)
