@@ -78,13 +78,14 @@ WEIGHT_KURTOSIS = "weight_kurtosis/"
 
 
 # the summary again, under one prefix MLflow's chart view shows first (it sorts its sections by
-# prefix, in code-point order, capitals first, and puts unprefixed metrics last)
-SUMMARY = "Summary/"
+# prefix, letters without regard to case, and puts unprefixed metrics last; a leading
+# underscore sorts before every letter)
+SUMMARY = "_summary/"
 SUMMARY_FLAGS = (MASKING_SUSPECTED, COLLAPSED, CATASTROPHIC_OVERFITTING, NEVER_ROBUST)
 
 
 def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """`Summary/clean_acc`, `Summary/worst_case_eps_<e>` per budget and the flags, copied from a
+    """`_summary/clean_acc`, `_summary/worst_case_eps_<e>` per budget and the flags, copied from a
     trial's final (or audited) metrics; what is absent there is left out."""
     out = {f"{SUMMARY}{CLEAN_ACC}": metrics[CLEAN_ACC]} if CLEAN_ACC in metrics else {}
     for key, value in metrics.items():
