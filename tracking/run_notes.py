@@ -43,9 +43,9 @@ def annotate_runs(
     champion = champion_or_none(record.trials.values(), rule)
     for t in record.trials.values():
         chosen = champion is not None and t.run_id == champion.model.run_id
-        eligible, _ = verdict(t, rule)
+        eligible, why = verdict(t, rule)
         tags = {
-            DESCRIPTION_TAG: trial_description(t, rule, chosen),
+            DESCRIPTION_TAG: trial_description(t, rule, chosen, (eligible, why)),
             CHAMPION_TAG: str(chosen).lower(),
             SELECTION_TAG: "in" if eligible else "out",
         }
@@ -54,15 +54,19 @@ def annotate_runs(
     client.set_tag(record.parent_run_id, DESCRIPTION_TAG, description)
 
 
-def trial_description(t: TrialRecord, rule: SelectionRule, chosen: bool) -> str:
+def trial_description(
+    t: TrialRecord, rule: SelectionRule, chosen: bool, judged: tuple[bool, str] | None = None
+) -> str:
     """One line: in or out of selection and why, each threshold beside the value it judged
-    (the clean floor, and every raised masking flag's own threshold)."""
-    eligible, why = verdict(t, rule)
+    (the clean floor, and every raised masking flag's own threshold). `judged`: the trial's
+    `verdict` where the caller has it already."""
+    eligible, why = judged or verdict(t, rule)
     reason = why.removeprefix("in: ").removeprefix("out: ")
     head = "**Champion**, in" if chosen else ("In" if eligible else "**Out** of")
     figures = [] if "clean " in reason else [f"clean {t.clean:.3f} (floor {rule.min_clean_acc:g})"]
-    if t.flag_reasons() and "flagged (" not in reason:
-        figures.append(f"masking flags {', '.join(t.flag_reasons())}")
+    flags = t.flag_reasons()
+    if flags and "flagged (" not in reason:
+        figures.append(f"masking flags {', '.join(flags)}")
     worst = t.worst(rule.eps)
     if worst is not None:
         figures.append(f"worst case {worst:.3f} at ε = {rule.eps:g}")
@@ -113,11 +117,13 @@ def champion_line(champion: Champion | None, rule: SelectionRule) -> str:
 def short_table(record: SweepRecord, rule: SelectionRule, champion: Champion | None) -> list[str]:
     """The best TABLE_ROWS configurations, admitted ones first, by the figure the rule ranks."""
     e = rule.eps
+    configs = record.configurations()
+    verdicts = {c.name: configuration_verdict(c, rule) for c in configs}
 
     def rank(c: Configuration) -> tuple:
-        return (not configuration_verdict(c, rule)[0], -(c.choosing_worst(e) or -1.0), c.name)
+        return (not verdicts[c.name][0], -(c.choosing_worst(e) or -1.0), c.name)
 
-    configs = sorted(record.configurations(), key=rank)
+    configs.sort(key=rank)
     lines = [f"| configuration | clean | worst ε={e:g}, selection points (ranks) | "
              "worst, all points [95% CI] | verdict |", "|---|---|---|---|---|"]  # fmt: skip
     for c in configs[:TABLE_ROWS]:
@@ -125,7 +131,7 @@ def short_table(record: SweepRecord, rule: SelectionRule, champion: Champion | N
         lines.append(f"| {f'**{c.name}**' if chosen else c.name} | {shown(c.clean, None)} | "
                      f"{shown(c.choosing_worst(e), None)} | "
                      f"{shown(c.worst(e), c.worst_interval(e))} | "
-                     f"{configuration_verdict(c, rule)[1]} |")  # fmt: skip
+                     f"{verdicts[c.name][1]} |")  # fmt: skip
     if len(configs) > TABLE_ROWS:
         lines.append(f"\n… and {len(configs) - TABLE_ROWS} more in `report/summary.md`.")
     return lines

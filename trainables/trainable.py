@@ -184,13 +184,13 @@ def log_curves(
     picture as an MLflow image under one key (step 0 after the cheap tier, 1 once audited), so
     the UI can show several trials' curves side by side in its compare view."""
     accuracy, worst = robustness_curves_data(results, cfg.evaluation.unbounded_eps)
-    figure = robustness_curves(accuracy, worst, title, len(results[0].robust))
-    client.log_figure(run_id, figure, CURVES_ARTIFACT)
-    client.log_image(run_id, figure_image(figure), key=CURVES_KEY, step=int(audited))
+    image = figure_image(robustness_curves(accuracy, worst, title, len(results[0].robust)))
+    client.log_image(run_id, image, artifact_file=CURVES_ARTIFACT)  # rendered once, logged twice
+    client.log_image(run_id, image, key=CURVES_KEY, step=int(audited))
 
 
 def figure_image(figure):
-    """A matplotlib figure as a PIL image (what `log_image` takes with a key)."""
+    """A matplotlib figure as a PIL image (what `log_image` takes, as a file or with a key)."""
     from PIL import Image
 
     buffer = io.BytesIO()
