@@ -18,8 +18,9 @@ from sweeps.spec import SweepSpec
 from sweeps.tuner import DriverCallback
 from tracking import metric_names as names
 from tracking.record import SweepRecord, TrialRecord
+from tracking.rules import SelectionRule
 from tracking.runs import AUDITED_TAG, NOTHING_STANDING, find_trial_run
-from tracking.select import Champion, SelectionRule, champion_or_none
+from tracking.select import Champion, champion_or_none
 from tracking.store import store_lock
 from trainables.trainable import AUDIT_SECONDS, SweepContext, audit_trial
 

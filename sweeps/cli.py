@@ -15,28 +15,18 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sweeps.console import champion_lines, command
 from sweeps.spec import SpecError, load_spec
 from tracking import metric_names as names
-from tracking.evidence import shown
-from tracking.record import configurations
 from tracking.runs import DEFAULT_DB, absolute_uri, redact_uri, resolve_tracking_uri
-from tracking.select import (
-    RULE,
-    SelectionError,
-    SelectionRule,
-    check_evaluated_at,
-    configuration_verdict,
-    load_sweep,
-    pareto_front,
-    record_selection,
-    select_champion,
-    sweep_rule,
-)
 from tracking.store import SERVER_TIMEOUT_S, StoreError, check_store
-from tracking.sweep_run import SweepNotFound
-from trainables.data import DatasetNotFoundError
+
+if TYPE_CHECKING:
+    from tracking.rules import SelectionRule
+
+# Each command imports the heavy libraries it needs (torch, Ray, MLflow, scipy) when it runs:
+# `--help` and a refused spec answer in about a second instead of five.
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
@@ -206,6 +196,8 @@ def read_sweep(args):
     rule's overrides are said on stderr."""
     from mlflow.tracking import MlflowClient
 
+    from tracking.select import check_evaluated_at, load_sweep, sweep_rule
+
     client = MlflowClient(existing_store(args.tracking_uri))
     record = load_sweep(client, args.sweep)
     rule, said = sweep_rule(record).overridden(
@@ -219,6 +211,8 @@ def read_sweep(args):
 
 
 def _check_rule(rule: SelectionRule) -> None:
+    from tracking.select import SelectionError
+
     if not 0 < rule.eps <= 1 or not 0 <= rule.min_clean_acc <= 1:
         raise SelectionError("--eps must be in (0, 1] and --min-clean-acc in [0, 1]")
 
@@ -229,6 +223,8 @@ def _fail(message: str) -> int:
 
 
 def _fmt(value: float | None) -> str:
+    from tracking.evidence import shown
+
     return shown(value, None)
 
 
@@ -306,6 +302,7 @@ def cmd_run(args) -> int:
     except SpecError as err:
         return _fail(str(err))
     from sweeps.preflight import PreflightError, check_before_ray
+    from trainables.data import DatasetNotFoundError
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     storage_path = args.storage_path or spec.storage_path
@@ -335,6 +332,8 @@ def _launch(args, spec, text: str, tracking_uri: str, storage_path: str) -> int:
     except PreflightError as err:  # e.g. nothing to resume, node-local storage on a cluster
         return _fail(str(err))
     except SweepInterrupted:
+        from sweeps.console import command
+
         resume = " ".join(["run", args.spec, "--resume", *_passed_on(args)])
         print(f"satsweep: interrupted; the sweep's runs are marked KILLED. Continue it with:\n"
               f"  {command()} {resume}", file=sys.stderr)  # fmt: skip
@@ -368,6 +367,9 @@ def _passed_on(args) -> list[str]:
 
 
 def cmd_best(args) -> int:
+    from tracking.record import configurations
+    from tracking.select import configuration_verdict, record_selection, select_champion
+
     if args.top < 1:
         return _fail("--top must be >= 1")
     client, record, rule = read_sweep(args)
@@ -413,6 +415,8 @@ def _configuration_json(c, rule: SelectionRule, verdict_: tuple[bool, str]) -> d
 def _ranking_json(record, ranked, verdicts, champion, rule: SelectionRule) -> dict:
     """The ranking for scripts: every configuration, in order, with the rule's verdict, and the
     champion: the exported model and the figure it is reported with."""
+    from tracking.select import RULE
+
     c, e = champion.configuration, rule.eps
     return {
         "sweep": record.name,
@@ -429,6 +433,10 @@ def _ranking_json(record, ranked, verdicts, champion, rule: SelectionRule) -> di
 
 
 def _print_ranking(record, ranked, verdicts, champion, rule: SelectionRule, args) -> None:
+    from sweeps.console import champion_lines
+    from tracking.evidence import shown
+    from tracking.select import pareto_front
+
     shown_rows = ranked if args.all else ranked[: args.top]
     width = max(len(c.name) for c in shown_rows)
     e = f"{rule.eps:g}"
@@ -467,6 +475,7 @@ def cmd_compare(args) -> int:
     from mlflow.tracking import MlflowClient
 
     from tracking.compare import paired, resolve
+    from tracking.select import check_evaluated_at, load_sweep, sweep_rule
 
     client = MlflowClient(existing_store(args.tracking_uri))
     record = load_sweep(client, args.sweep)
@@ -598,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return command[args.command](args)
-    except (SelectionError, SweepNotFound, UsageError, StoreError, LookupError) as err:
+    except (UsageError, StoreError, LookupError) as err:  # LookupError: no such sweep, trial, eps
         return _fail(str(err))
     except BrokenPipeError:  # `satsweep best ... | head`: the reader left, so leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

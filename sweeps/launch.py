@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
@@ -69,6 +70,37 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C
 
 
+@contextmanager
+def tune_stops_on_interrupt():
+    """While Tune runs, the first Ctrl-C or SIGTERM asks Tune to stop through its own stop
+    signal (SIGUSR1), so that it writes the experiment's state one last time before `fit()`
+    returns; a second signal stops at once. Stopped abruptly, Tune left only its last periodic
+    snapshot, whose checkpoint lists name checkpoints deleted since: the resumed sweep then
+    logged a traceback for each one it tried to delete again. Either way the caller sees
+    KeyboardInterrupt."""
+    asked: list[int] = []
+
+    def stop(signum, frame):
+        tune_listens = callable(signal.getsignal(signal.SIGUSR1))  # installed inside fit()
+        if asked or not tune_listens:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    # an earlier fit() in this process left its handler, bound to its own finished run
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if asked:
+        raise KeyboardInterrupt
+
+
 def run_sweep(
     spec: SweepSpec,
     spec_text: str,
@@ -84,6 +116,7 @@ def run_sweep(
     quiet_libraries(verbose)
     survive_killed_workers()  # a worker killed for memory fails its trial, not the sweep
     # Tune's own Ctrl-C handler ends fit() as if the sweep had finished: take the signal here
+    # and ask Tune to stop with its other stop signal (`tune_stops_on_interrupt`)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     with sweep_lock(storage_path, spec.folder_name):
         clock = LaunchClock()  # this launch's wall time starts with Ray's
@@ -144,6 +177,7 @@ def sweep_context(
         cpus_per_trial=spec.resources.cpus_per_trial,
         early_stopping=tune_metric(spec) == names.EARLY_STOPPING,
         name_order=naming(spec),
+        gpu_missing=spec.resources.gpu_missing,
     )
 
 
@@ -170,7 +204,8 @@ def execute(
     callbacks = driver_callbacks(spec, context, clock)
     early = callbacks[-1]
     try:
-        results = fit(spec, context, storage_path, resume, verbose, callbacks)
+        with tune_stops_on_interrupt():
+            results = fit(spec, context, storage_path, resume, verbose, callbacks)
         ray_status = {r.metrics[names.TRIAL_ID]: "ERROR" if r.error else "TERMINATED"
                       for r in results if names.TRIAL_ID in r.metrics}  # fmt: skip
         failed = len(results.errors)

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tracking.compare import Baselines
-from tracking.select import SelectionRule
+from tracking.rules import Baselines, SelectionRule
 from trainables.settings import (
     ActivationName,
     ArchitectureSettings,
@@ -85,6 +84,10 @@ class ResourcesSpec(Section):
     memory_per_trial_gb: float | None = Field(
         None, gt=0, le=100_000, **fix("use e.g. 4, or null for the estimate")
     )
+    # a trial Ray gave a GPU on a node where torch finds no CUDA device: fail it, naming the
+    # node's problem (the default: a silent CPU trial would hold a GPU slot and time as a CPU
+    # one), or train it on the CPU with the reason as a tag (satsweep.gpu_fallback)
+    gpu_missing: Literal["fail", "cpu"] = "fail"
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> ResourcesSpec:

@@ -15,8 +15,10 @@ import time
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
+from sweeps.asha import STATE_FILE as ASHA_STATE_FILE
+from sweeps.asha import ResumableASHA, forget_rungs
 from sweeps.cluster import experiment_path
 from sweeps.grid import naming, param_space, trial_name
 from sweeps.preflight import ray_memory_reservation, storage_uri
@@ -114,10 +116,14 @@ def tune_metric(spec: SweepSpec) -> str:
     return names.EARLY_STOPPING if robust else names.CLEAN_ACC
 
 
-def _scheduler(spec: SweepSpec):
+def _scheduler(spec: SweepSpec, storage_path: str):
     s = spec.scheduler
     if s.name == "asha":
-        return ASHAScheduler(
+        folder, mark, query = experiment_path(spec, storage_path).partition("?")
+        state = f"{folder}/{ASHA_STATE_FILE}{mark}{query}"  # an S3 endpoint's query stays last
+        forget_rungs(state)  # a new sweep's rungs start empty, whatever an earlier one left
+        return ResumableASHA(
+            state,
             max_t=spec.training.epochs,
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
@@ -161,7 +167,7 @@ def new_tuner(
             metric=tune_metric(spec),
             mode="max",
             reuse_actors=True,  # the next trial runs in a warm worker: no process start, imports
-            scheduler=_scheduler(spec),
+            scheduler=_scheduler(spec, storage_path),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             trial_name_creator=lambda t: trial_name(t.config, order),
             trial_dirname_creator=lambda t: f"{trial_name(t.config, order)}_{t.trial_id}",

@@ -16,11 +16,11 @@ import statistics
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel, ConfigDict
 
 from tracking.evidence import Comparison, compare, detectable_difference, holm
 from tracking.per_example import load_per_example
 from tracking.record import Configuration, SweepRecord, TrialRecord, configurations
+from tracking.rules import Baselines
 
 SHORT_KEYS = {"arch": "arch.name"}  # a filter's key -> the param it means
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -28,25 +28,6 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 class CompareError(LookupError):
     """A side names nothing, or more than one configuration: phrased for people."""
-
-
-class Baselines(BaseModel):
-    """What the report compares every arm with: each λ with this λ (same architecture,
-    activation and defence), each defence with this one (same architecture, activation and λ);
-    null turns that family off."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
-
-    lam: float | None = 0.0
-    defence: str | None = "none"
-
-    @classmethod
-    def of_sweep(cls, params: dict[str, str]) -> Baselines:
-        lam, defence = params.get("comparisons.lam", "0.0"), params.get("comparisons.defence")
-        return cls(
-            lam=None if lam == "None" else float(lam),
-            defence="none" if defence is None else None if defence == "None" else defence,
-        )
 
 
 def _matches(t: TrialRecord, key: str, wanted: str) -> bool:

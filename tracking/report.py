@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from tracking import metric_names as names
-from tracking.compare import Baselines, ReportComparisons, baseline_comparisons
+from tracking.compare import ReportComparisons, baseline_comparisons
 from tracking.evidence import shown
 from tracking.palette import WORST, colour
 from tracking.record import Configuration, SweepRecord
+from tracking.rules import Baselines
 from tracking.run_notes import annotate_runs
 from tracking.select import (
     RULE,

@@ -11,13 +11,19 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow.entities import Metric, Param, Run
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
 from tracking.metric_names import masking_tag
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+# MLflow's own tag names, spelled out: importing mlflow (a second) only to name two tags would
+# slow every command that merely resolves a URI (`satsweep --help`, a refused spec)
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_RUN_NAME = "mlflow.runName"
 
 ROLE_TAG = "satsweep.role"
 TRIAL_ID_TAG = "satsweep.ray_trial_id"
@@ -137,6 +143,8 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i : i + _BATCH])
@@ -197,6 +205,8 @@ def open_trial_run(
 
 def log_epoch(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
     """All of one epoch's metrics in one request, at `step=epoch`."""
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=batch)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel, ConfigDict, Field
 
 from tracking.record import Configuration, SweepRecord, TrialRecord, configurations
+from tracking.rules import SelectionRule
 from tracking.sweep_run import SweepNotFound
 
 RULE = (
@@ -32,59 +32,10 @@ RULE = (
     "eps (or with include_flagged); ties: higher clean_acc; the champion is reported on the "
     "report points"
 )
-REFERENCE_EPS = 0.1  # the MNIST reference budget (docs/method.md, section 4)
 
 
 class SelectionError(LookupError):
     """No such sweep, no usable trials, or no metrics at the asked eps: phrased for people."""
-
-
-class SelectionRule(BaseModel):
-    """The masking-aware rule's inputs: the budget whose worst case is maximised, the clean
-    accuracy floor, and whether flagged trials may be chosen unaudited."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
-
-    # null: REFERENCE_EPS if the sweep evaluates it, else its largest evaluation budget (the spec
-    # resolves it, so the sweep run logs a number)
-    eps: float | None = Field(None, gt=0, le=1, json_schema_extra={"fix": "use e.g. 0.1"})
-    min_clean_acc: float = Field(0.9, ge=0, le=1, json_schema_extra={"fix": "use e.g. 0.9"})
-    include_flagged: bool = False
-
-    def resolved(self, evaluated_eps: list[float]) -> SelectionRule:
-        """The rule with `eps` filled in from the budgets a sweep evaluates."""
-        if self.eps is not None:
-            return self
-        eps = REFERENCE_EPS if REFERENCE_EPS in evaluated_eps else max(evaluated_eps)
-        return self.model_copy(update={"eps": eps})
-
-    @classmethod
-    def of_sweep(cls, params: dict[str, str], evaluated_eps: list[float]) -> SelectionRule:
-        """The rule a sweep logged (`selection.*` params); a sweep run from before the rule was
-        logged gets the defaults (its `audit.rank_eps`, if it logged one, as the budget)."""
-        eps = params.get("selection.eps", params.get("audit.rank_eps", "None"))
-        rule = cls(
-            eps=None if eps == "None" else float(eps),
-            min_clean_acc=float(params.get("selection.min_clean_acc", cls().min_clean_acc)),
-            include_flagged=params.get("selection.include_flagged", "False") == "True",
-        )
-        return rule.resolved(evaluated_eps or [REFERENCE_EPS])
-
-    def overridden(self, **flags) -> tuple[SelectionRule, list[str]]:
-        """The rule with the command line's flags (None: not given) applied, and a line per flag
-        that changed the sweep's value, for the command to print."""
-        given = {k: v for k, v in flags.items() if v is not None and getattr(self, k) != v}
-        said = [f"--{k.replace('_', '-')} {_shown(v)} overrides the sweep's "
-                f"{_shown(getattr(self, k))}" for k, v in given.items()]  # fmt: skip
-        return self.model_copy(update=given), said
-
-    def describe(self) -> str:
-        flagged = "flagged trials included" if self.include_flagged else "flagged ones if audited"
-        return f"worst case at eps {self.eps:g}, clean >= {self.min_clean_acc:g}, {flagged}"
-
-
-def _shown(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value).lower()
 
 
 def load_sweep(client: MlflowClient, sweep: str) -> SweepRecord:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables.names import ACTIVATION_NAMES, check_registry
+
 Tensor = torch.Tensor
 
 
@@ -77,6 +79,7 @@ ACTIVATIONS: dict[str, Activation] = {
         ),
     )
 }
+check_registry("activation", tuple(ACTIVATIONS), ACTIVATION_NAMES)
 
 
 def activation(name: str) -> Activation:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+from trainables.names import DATASETS
 
 # The digits split is part of the dataset's definition, not a sweep setting: every trial of
 # every sweep sees the same 75/25 stratified split.

@@ -23,9 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainables.activations import ACTIVATIONS
-from trainables.attacks import AUDIT_ATTACKS, CHEAP_ATTACKS
-from trainables.data import DATASETS
+from trainables.names import ACTIVATION_NAMES, AUDIT_ATTACKS, CHEAP_ATTACKS, DATASETS
 
 # Stated once and logged with every trial (under `numerics.`): what the numbers mean.
 NUMERICS = {
@@ -46,7 +44,7 @@ NAME_AXES = ("lam", "activation", "defence", "arch")  # run names: the order a r
 MAX_WIDTH = 1 << 16  # units or channels of one layer: far beyond what fits these datasets
 MAX_EPOCHS = 100_000
 
-ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+ActivationName = Literal[ACTIVATION_NAMES]  # type: ignore[valid-type]
 CheapAttack = Literal[CHEAP_ATTACKS]  # type: ignore[valid-type]
 AuditAttack = Literal[AUDIT_ATTACKS]  # type: ignore[valid-type]
 Eps = Annotated[float, Field(gt=0, le=1, json_schema_extra={"fix": "use e.g. 0.1 (MNIST)"})]

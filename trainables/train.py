@@ -71,6 +71,17 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def gpu_problem(gpu_ids: list, device: torch.device) -> str | None:
+    """Why a trial that Ray gave a GPU cannot use it (None when it can, or was given none):
+    what the node's torch sees, for the person who fixes the node."""
+    if not gpu_ids or device.type == "cuda":
+        return None
+    given = ", ".join(str(g) for g in gpu_ids)
+    return (f"Ray gave this trial GPU {given} but torch {torch.__version__} finds no CUDA "
+            f"device (built for CUDA {torch.version.cuda}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})")  # fmt: skip
+
+
 def release_cuda() -> None:
     """Give a finished trial's GPU memory back: tensors kept by reference cycles, the caching
     allocator's blocks and cuBLAS's per-process workspaces (which the allocator also counts:

@@ -32,6 +32,7 @@ from tracking.per_example import PER_EXAMPLE_ARTIFACT
 from tracking.runs import (
     AUDITED_TAG,
     COLLAPSED_TAG,
+    DESCRIPTION_TAG,
     WEIGHTS_TAG,
     finish_run,
     finished_run_metrics,
@@ -71,6 +72,7 @@ from trainables.train import (
     TrainingDiverged,
     TrainState,
     clean_metrics,
+    gpu_problem,
     load_checkpoint,
     new_state,
     pick_device,
@@ -108,6 +110,7 @@ class SweepContext:
     cpus_per_trial: float
     early_stopping: bool  # ASHA ranks by the early-stopping signal: measure it every epoch
     name_order: tuple[str, ...] = NAME_AXES  # the axes in run names (`settings.name_order`)
+    gpu_missing: str = "fail"  # resources.gpu_missing: a given GPU torch cannot see fails the trial
 
     def trial(self, config: dict) -> TrialSettings:
         return TrialSettings.at(
@@ -320,9 +323,11 @@ def run_trial(config: dict, context: SweepContext) -> None:
         return
     trials_run = begin_trial()
     device = _prepare_worker(context)
+    gpu_ids = ray.get_gpu_ids()  # what Ray gave this trial: ids of logical GPUs on its node
     tags = {
         "satsweep.git_commit": context.git_commit,
         "satsweep.device": str(device),
+        "satsweep.gpu_ids": ",".join(str(g) for g in gpu_ids) or "none",
         "satsweep.ray_node_id": ray.get_runtime_context().get_node_id(),
         "satsweep.host": ray.util.get_node_ip_address(),  # which machine ran the trial
         "satsweep.worker_pid": str(os.getpid()),
@@ -338,9 +343,31 @@ def run_trial(config: dict, context: SweepContext) -> None:
         tags,
     )
     try:
+        use_given_gpu(context, client, run_id, gpu_problem(gpu_ids, device))
         _train_in_run(cfg, context, client, run_id, device)
     finally:  # the trial's tensors went with `_train_in_run`'s frame (or wait in a traceback)
         end_of_trial(client, run_id, trials_run, device)
+
+
+class GpuMissing(RuntimeError):
+    """Ray gave the trial a GPU its node's torch cannot use, and the spec says to fail."""
+
+
+def use_given_gpu(context: SweepContext, client: MlflowClient, run_id: str, problem: str | None):
+    """A GPU that torch cannot see fails the trial, saying why and how to fix it; with
+    `resources.gpu_missing: cpu` the trial trains on the CPU and its run says so (a tag)."""
+    if problem is None:
+        return
+    if context.gpu_missing == "cpu":
+        client.set_tag(run_id, "satsweep.gpu_fallback", f"{problem}; trained on the CPU "
+                       "(resources.gpu_missing: cpu)")  # fmt: skip
+        return
+    message = (f"{problem}: fix the node's NVIDIA driver or its torch build, or set "
+               "resources.gpus_per_trial: 0 for CPU trials (resources.gpu_missing: cpu trains "
+               "such trials on the CPU instead)")  # fmt: skip
+    client.set_tag(run_id, DESCRIPTION_TAG, f"Failed: {message}.")  # what the UI shows first
+    finish_run(client, run_id, "FAILED", note="failed")
+    raise GpuMissing(message)
 
 
 def _train_in_run(

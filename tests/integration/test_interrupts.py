@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,15 @@ def slow_spec(name: str) -> dict:
     }  # fmt: skip
 
 
+def listed_checkpoints(experiment: Path) -> list[Path]:
+    """Every checkpoint Tune's saved state lists for the sweep's trials."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(experiment)).trials
+    return [Path(r.checkpoint.path) for t in trials
+            for r in t.run_metadata.checkpoint_manager.best_checkpoint_results]  # fmt: skip
+
+
 def all_runs(client, name):
     exp = client.get_experiment_by_name(name)
     return client.search_runs([exp.experiment_id]) if exp else []
@@ -39,13 +49,15 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_resumes(tmp_path, how):
     client = write_spec(tmp_path, slow_spec(name))
     proc = start(tmp_path)
     try:
+        # well into training, with many checkpoints written and deleted since Tune's last
+        # periodic snapshot of its state
         wait_for(
             lambda: any(
-                client.get_metric_history(r.info.run_id, "clean_acc")
+                len(client.get_metric_history(r.info.run_id, "clean_acc")) >= 40
                 for r in trial_runs(client, name)
             ),
             300,
-            "a trial's first epoch",
+            "a trial's 40th epoch",
         )
         assert proc.poll() is None, "the sweep ended before the interrupt: the test proves nothing"
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
@@ -63,10 +75,14 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_resumes(tmp_path, how):
     assert runs and "RUNNING" not in {r.info.status for r in runs}
     (parent,) = [r for r in runs if r.data.tags["satsweep.role"] == "sweep"]
     assert parent.info.status == "KILLED" and parent.data.tags["satsweep.status"] == "interrupted"
-
+    listed = listed_checkpoints(tmp_path / "results" / name)
+    assert listed and all(p.is_dir() for p in listed), listed  # what a resume restores from
+    if how != "ctrl-c":
+        return  # one resume is enough: how the sweep was stopped does not change what it resumes
     resumed = start(tmp_path, "--resume")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "Error" not in out, out[-3000:]  # no library's noise
     runs = all_runs(client, name)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len([r for r in runs if r.data.tags["satsweep.role"] == "trial"]) == 2

@@ -24,22 +24,22 @@ from tests.integration.test_faults import FAST_EVAL, start, trial_runs, wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 
-def one_slot_spec(name: str, epochs: int, max_failures: int = 1) -> dict:
+def one_slot_spec(name: str, epochs: int, max_failures: int = 1, lambdas=(0.0, 0.5)) -> dict:
     return {
         "name": name,
         "grid": {"architectures": [{"kind": "mlp", "hidden": [32]}],
-                 "activations": ["relu", "sigmoid"], "lambdas": [0.0, 0.5]},
+                 "activations": ["relu", "sigmoid"], "lambdas": list(lambdas)},
         "training": {"epochs": epochs, "batch_size": 32, "penalty": {"warmup_epochs": 1}},
         "evaluation": FAST_EVAL, "audit": {"enabled": False},
         "resources": {"max_concurrent_trials": 1}, "max_failures": max_failures,
     }  # fmt: skip
 
 
-def quiet_and_finished(out: str, client, name: str) -> None:
+def quiet_and_finished(out: str, client, name: str, trials: int = 4) -> None:
     assert "Traceback" not in out and "Caught unexpected exception" not in out, out[-3000:]
     assert "A worker died or was killed" not in out  # the raylet's paragraph: our line says it
     runs = trial_runs(client, name)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}, [
+    assert len(runs) == trials and {r.info.status for r in runs} == {"FINISHED"}, [
         (r.info.run_name, r.info.status) for r in runs
     ]
 
@@ -96,7 +96,9 @@ def push_until_killed(pressure: mmap.mmap, worker: int, timeout: float = 120) ->
 
 def test_a_worker_killed_for_memory_is_retried_and_the_sweep_goes_on(tmp_path):
     name = "kill-for-memory"
-    client = write_spec(tmp_path, one_slot_spec(name, epochs=300, max_failures=2))
+    # two trials: the killed one, retried, and one after it (300 epochs: still training when the
+    # memory is taken)
+    client = write_spec(tmp_path, one_slot_spec(name, epochs=300, max_failures=2, lambdas=[0.0]))
     used, total = used_and_total()
     margin = 6 << 30  # well above what the sweep itself adds (driver, Ray, workers: ~4 GB)
     env = {**os.environ, "RAY_memory_usage_threshold": f"{(used + margin) / total:.4f}",
@@ -128,4 +130,4 @@ def test_a_worker_killed_for_memory_is_retried_and_the_sweep_goes_on(tmp_path):
     killed = [line for line in out.splitlines() if "killed for memory" in line]
     assert killed and all(line.startswith("retrying ") for line in killed), out[-3000:]
     assert " GB used of " in killed[0]  # the node's figures, from Ray's own report
-    quiet_and_finished(out, client, name)
+    quiet_and_finished(out, client, name, trials=2)

@@ -86,3 +86,30 @@ def test_a_password_mlflow_would_reject_is_refused_before_the_server_starts(tmp_
                  "--host", cluster_address())  # fmt: skip
     assert out.returncode == 2 and "at least 12 characters" in out.stderr, out.stderr
     assert short not in out.stdout + out.stderr and not (tmp_path / "runs.db").exists()
+
+
+def test_reading_a_spec_imports_neither_torch_nor_mlflow():
+    """A refused spec and `--help` must answer fast: the CLI and the spec load without the
+    heavy libraries, which each command imports when it runs."""
+    code = ("import sys, sweeps.cli; "
+            "print(sorted({'torch', 'mlflow', 'ray', 'scipy'} & set(sys.modules)))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_declared_names_are_the_registries_and_a_drift_is_named():
+    from mlflow.utils import mlflow_tags
+
+    from tracking import runs
+    from trainables import names
+    from trainables.activations import ACTIVATIONS
+    from trainables.attacks import AUDIT_ATTACKS, CHEAP_ATTACKS
+
+    assert (tuple(ACTIVATIONS), CHEAP_ATTACKS, AUDIT_ATTACKS) == (
+        names.ACTIVATION_NAMES, names.CHEAP_ATTACKS, names.AUDIT_ATTACKS
+    )  # fmt: skip
+    assert (runs.MLFLOW_PARENT_RUN_ID, runs.MLFLOW_RUN_NAME) == (
+        mlflow_tags.MLFLOW_PARENT_RUN_ID, mlflow_tags.MLFLOW_RUN_NAME
+    )  # fmt: skip
+    with pytest.raises(ImportError, match="'gelu'"):
+        names.check_registry("activation", ("relu", "gelu"), ("relu",))

@@ -208,12 +208,14 @@ def test_cli_refuses_a_store_that_does_not_exist(tmp_path):
 
 
 def test_selection_pages_past_the_first_thousand_runs(tmp_path):
-    """MLflow answers at most a page of runs per request; the best of 2,500 trials sits past
+    """MLflow answers at most a page of runs per request; the best of 1,100 trials sits past
     the first 1,000 (runs come back newest first, so the oldest is on the last page)."""
     from benchmarks.big_store import SWEEP, build
+    from tracking.runs import PAGE
 
-    uri, best = build(tmp_path, 2500)
-    assert len(load_sweep(MlflowClient(uri), SWEEP).trials) == 2500
+    trials = PAGE + 100
+    uri, best = build(tmp_path, trials)
+    assert len(load_sweep(MlflowClient(uri), SWEEP).trials) == trials
     assert best_run_id(uri, SWEEP) == best
 
 

@@ -11,11 +11,13 @@ the original AutoAttack code (`pyautoattack`).
 so adding an attack is one function and one entry, plus its test.
 """
 
+from trainables import names
 from trainables.attacks import autoattack, blackbox, gradient
 from trainables.attacks.autoattack import apgd_ce, apgd_t, autoattack_standard, square
 from trainables.attacks.blackbox import noise, transfer
 from trainables.attacks.catalog import Attack
 from trainables.attacks.gradient import fgsm, fgsm_stable, pgd_bpda, pgd_ce, pgd_margin
+from trainables.names import check_registry
 
 # the order of the modules is the default order of evaluation
 ATTACKS: dict[str, Attack] = {
@@ -23,6 +25,8 @@ ATTACKS: dict[str, Attack] = {
 }
 CHEAP_ATTACKS = tuple(n for n, a in ATTACKS.items() if a.tier == "cheap")
 AUDIT_ATTACKS = tuple(n for n, a in ATTACKS.items() if a.tier == "audit")
+check_registry("cheap attack", CHEAP_ATTACKS, names.CHEAP_ATTACKS)
+check_registry("audit attack", AUDIT_ATTACKS, names.AUDIT_ATTACKS)
 
 __all__ = [
     "ATTACKS", "AUDIT_ATTACKS", "CHEAP_ATTACKS", "Attack", "apgd_ce", "apgd_t",
