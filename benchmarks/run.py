@@ -15,6 +15,7 @@ from benchmarks import (
     big_store,
     defence_loop,
     sweeps,
+    tracking_load,
     tracking_server,
     train_loop,
     worker_memory,
@@ -27,7 +28,7 @@ RESULTS = Path(__file__).with_name("results.json")
 MODULES = {
     m.__name__.rsplit(".", 1)[-1]: m
     for m in (train_loop, defence_loop, attacks, audit, big_store, sweeps, worker_memory,
-              tracking_server)
+              tracking_server, tracking_load)
 }  # fmt: skip
 
 

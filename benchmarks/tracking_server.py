@@ -32,35 +32,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def server(folder: Path, credentials: tuple[str, str] | None):
-    """`satsweep server` on a free loopback port, stopped afterwards; yields its URL."""
-    port = free_port()
+def start_server(
+    folder: Path,
+    credentials: tuple[str, str] | None = None,
+    store: list[str] | None = None,
+    port: int | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """`satsweep server` on a loopback port (a free one unless given), in its own process group
+    (so one signal reaches MLflow's workers too); (process, URL). `store`: its store flags
+    (default a SQLite file in `folder`)."""
+    port = port or free_port()
+    store = store or ["--backend-store-uri", f"sqlite:///{folder / 'runs.db'}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     if credentials:
         env |= {"MLFLOW_TRACKING_USERNAME": credentials[0], "MLFLOW_TRACKING_PASSWORD":
                 credentials[1]}  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeps.cli", "server", "--host", "127.0.0.1", "--port",
-         str(port), "--backend-store-uri", f"sqlite:///{folder / 'runs.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
+         str(port), *store, "--artifacts-destination", str(folder / "artifacts")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the server at {url} did not start") from None
+            time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+
+
+@contextmanager
+def server(folder: Path, credentials: tuple[str, str] | None, store: list[str] | None = None):
+    """A started, healthy server, stopped afterwards; yields its URL."""
+    proc, url = start_server(folder, credentials, store)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the server at {url} did not start") from None
-                time.sleep(0.5)
+        wait_healthy(proc, url)
         yield url
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+        stop_server(proc)
 
 
 def logger(url: str):

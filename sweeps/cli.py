@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 
 from sweeps.spec import SpecError, load_spec
 from tracking import metric_names as names
-from tracking.runs import DEFAULT_DB, absolute_uri, redact_uri, resolve_tracking_uri
+from tracking.runs import (
+    DEFAULT_DB,
+    NO_TELEMETRY,
+    absolute_uri,
+    redact_uri,
+    resolve_tracking_uri,
+)
 from tracking.store import SERVER_TIMEOUT_S, StoreError, check_store
 
 if TYPE_CHECKING:
@@ -32,6 +38,9 @@ USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C
 UI_START_TIMEOUT_S = 180  # MLflow's UI takes 10-30 s to answer on a loaded 2-core machine
 DRY_RUN_ROWS = 50  # trials listed by --dry-run without --all
+# MLflow server workers on PostgreSQL: two per core of the 2-core machine it was measured on
+# (README, 'The tracking server's store'); --workers for a bigger head
+POSTGRES_WORKERS = 4
 
 
 class UsageError(ValueError):
@@ -132,6 +141,18 @@ def _server_parser(sub) -> None:
         "--backend-store-uri",
         default=f"sqlite:///{DEFAULT_DB}",
         help="SQL store for runs (default ./mlflow.db, made absolute)",
+    )
+    server.add_argument(
+        "--postgres",
+        metavar="DIR",
+        help="run the store on a PostgreSQL kept in DIR, started here (and stopped with the "
+        "server); for many concurrent trials, where SQLite takes one writer at a time",
+    )
+    server.add_argument(
+        "--workers",
+        type=int,
+        help="MLflow server workers (default 1 on SQLite, which takes one writer at a time; "
+        f"{POSTGRES_WORKERS} on PostgreSQL)",
     )
     server.add_argument(
         "--artifacts-destination",
@@ -529,7 +550,25 @@ def cmd_report(args) -> int:
 # ---- server, ui ------------------------------------------------------------------------------
 
 
+def server_workers(args) -> int:
+    """Several workers where the backend takes concurrent writers; one on SQLite."""
+    sqlite = args.postgres is None and args.backend_store_uri.startswith("sqlite:")
+    workers = args.workers if args.workers is not None else 1 if sqlite else POSTGRES_WORKERS
+    if workers < 1:
+        raise UsageError("--workers must be 1 or more")
+    if sqlite and workers > 1:
+        raise UsageError(
+            f"--workers {workers} on a SQLite store: SQLite takes one writer at a time, so "
+            "workers would only wait on each other (and fail with 'database is locked'); use "
+            "--postgres DIR for a PostgreSQL store, or leave --workers out"
+        )
+    return workers
+
+
 def cmd_server(args) -> int:
+    if args.postgres and args.backend_store_uri != f"sqlite:///{DEFAULT_DB}":
+        raise UsageError("give --postgres DIR or --backend-store-uri, not both")
+    workers = server_workers(args)
     from ray.util import get_node_ip_address
 
     from tracking.server import ServerError, server_command
@@ -538,20 +577,57 @@ def cmd_server(args) -> int:
     free_port(host, args.port)  # a busy port is a usage error, not a server that exits 0
     dest = args.artifacts_destination
     dest = dest if "://" in dest else str(Path(dest).resolve())
+    postgres = None
+    if args.postgres:
+        from tracking.postgres import mlflow_uri, start_postgres
+
+        postgres = start_postgres(Path(args.postgres).resolve())
+        store = mlflow_uri(postgres)
+    else:
+        store = absolute_uri(args.backend_store_uri)
     try:
-        argv, env = server_command(host, args.port, absolute_uri(args.backend_store_uri), dest)
+        argv, env = server_command(host, args.port, store, dest, workers)
     except ServerError as err:
         raise UsageError(str(err)) from None
     auth = ("password authentication" if "--app-name" in argv
             else "no authentication: this machine only")  # fmt: skip
-    print(f"satsweep: MLflow server on http://{host}:{args.port} ({auth}); trials and commands "
-          f"log to it with --tracking-uri http://{host}:{args.port}", flush=True)  # fmt: skip
-    os.execve(argv[0], argv, env)  # replaces this process: Ctrl-C stops the server
+    backend = f"PostgreSQL in {args.postgres}" if postgres else redact_uri(store)
+    print(f"satsweep: MLflow server on http://{host}:{args.port} ({auth}; {backend}, {workers} "
+          f"worker{'s' if workers > 1 else ''}); trials and commands log to it with "
+          f"--tracking-uri http://{host}:{args.port}", flush=True)  # fmt: skip
+    if postgres is None:
+        os.execve(argv[0], argv, env)  # replaces this process: Ctrl-C stops the server
+    return serve_beside_postgres(argv, env)
+
+
+def serve_beside_postgres(argv: list[str], env: dict[str, str]) -> int:
+    """Run the MLflow server as a child, so that this process, which holds the PostgreSQL
+    started for it, stops PostgreSQL once the server has stopped (Ctrl-C or SIGTERM)."""
+    import signal
+
+    server = subprocess.Popen(argv, env=env, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        os.killpg(server.pid, signal.SIGTERM)  # MLflow's workers are the server's group
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        return INTERRUPTED
 
 
 def free_port(host: str, wanted: int | None) -> int:
-    """`wanted` if it can be bound on `host`, else a UsageError; without `wanted`, a free port."""
+    """`wanted` if it can be bound on `host`, else a UsageError; without `wanted`, a free port.
+    SO_REUSEADDR as servers set it: a server restarted on its port is not refused for the
+    closed connections the old one left in TIME_WAIT (a live listener still is)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, wanted or 0))
         except OSError as err:
@@ -595,6 +671,8 @@ def cmd_ui(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for key, value in NO_TELEMETRY.items():  # before MLflow is imported (tracking/runs.py)
+        os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
     command = {
         "run": cmd_run,

@@ -94,6 +94,7 @@ VALUES = [
     ("evaluation.eps", [], "evaluation.eps"),
     ("grid.defences", [], "grid.defences"),
     ("evaluation.size", 0, "evaluation.size"),
+    ("resources.gpu_missing", "maybe", "resources.gpu_missing"),
     ("name", "..", "name"),
     ("name", "../outside", "name"),
     ("name", "a/b", "name"),

@@ -113,3 +113,20 @@ def test_the_declared_names_are_the_registries_and_a_drift_is_named():
     )  # fmt: skip
     with pytest.raises(ImportError, match="'gelu'"):
         names.check_registry("activation", ("relu", "gelu"), ("relu",))
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--workers", "2"], "SQLite takes one writer at a time"),
+        (["--workers", "0"], "--workers must be 1 or more"),
+        (["--postgres", "pg", "--backend-store-uri", "sqlite:///x.db"], "not both"),
+    ],
+)
+def test_server_flags_that_cannot_work_are_refused(tmp_path, flags, words):
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "server", "--host", "127.0.0.1", *flags],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and words in out.stderr, out.stderr
+    assert os.listdir(tmp_path) == []  # no store, no PostgreSQL folder

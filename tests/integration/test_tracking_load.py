@@ -1,0 +1,106 @@
+"""One tracking server, many writers: real `satsweep server` processes on SQLite and on a real
+PostgreSQL (the `pgserver` wheel the project installs), real writer processes logging like
+trials, and the backend's own tables counted afterwards: nothing lost, nothing written twice,
+also when the server, or PostgreSQL behind it, is SIGKILLed and restarted mid-sweep. The full
+sizes run in `make bench` (benchmarks/tracking_load.py)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from benchmarks.tracking_load import METRICS, counted, drive, measure
+from benchmarks.tracking_server import start_server, stop_server, wait_healthy
+from tracking.postgres import mlflow_uri, start_postgres
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL for this module, held by the test process (it stops at exit)."""
+    folder = tmp_path_factory.mktemp("pg") / "data"
+    return folder, start_postgres(folder)
+
+
+def stores(tmp_path, postgres):
+    folder, pg = postgres
+    db = tmp_path / "runs.db"
+    return {
+        "sqlite": (["--backend-store-uri", f"sqlite:///{db}"], f"sqlite:///{db}"),
+        "postgresql": (["--postgres", str(folder)], mlflow_uri(pg)),
+    }
+
+
+def wait_for_more_metrics(db_uri: str, more: int, timeout: float = 300) -> None:
+    """Until the backend holds `more` metric rows than now: the writers are mid-way when the
+    kill comes (the module's tests share one PostgreSQL database)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_uri)
+    count = sqlalchemy.text("SELECT COUNT(*) FROM metrics")
+    deadline = time.monotonic() + timeout
+    try:
+        with engine.connect() as db:
+            target = db.execute(count).scalar() + more
+        while time.monotonic() < deadline:
+            with engine.connect() as db:
+                if db.execute(count).scalar() >= target:
+                    return
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"the writers never logged {more} more metrics")
+
+
+EPOCHS, WRITERS, PAUSE = 20, 4, 0.3  # about 6 s of logging per writer, unbroken
+
+
+def kill_postgres_and_restart(pg, db_uri: str) -> None:
+    """SIGKILL of PostgreSQL's postmaster mid-way through the writers, then a start."""
+    wait_for_more_metrics(db_uri, WRITERS * METRICS * 3)
+    os.kill(pg.get_pid(), signal.SIGKILL)
+    time.sleep(2)
+    pg.ensure_postgres_running()
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
+    """One server: six writers at once; then four more while the MLflow server (its whole
+    process group) is SIGKILLed and restarted on the same port and store; on PostgreSQL,
+    four more while PostgreSQL itself is. MLflow's client retries each request meanwhile.
+    Every phase: no error, and the backend's tables hold each row sent exactly once."""
+    store, db_uri = stores(tmp_path, postgres)[backend]
+    proc, url = start_server(tmp_path, None, store)
+    servers = [proc]
+
+    def kill_and_restart():
+        wait_for_more_metrics(db_uri, WRITERS * METRICS * 3)  # three epochs in
+        os.killpg(servers[-1].pid, signal.SIGKILL)
+        servers[-1].wait()
+        again, _ = start_server(tmp_path, None, store, port=int(url.rsplit(":", 1)[1]))
+        servers.append(again)
+        wait_healthy(again, url)
+
+    try:
+        wait_healthy(proc, url)
+        load = measure(backend, url, db_uri, writers=6, epochs=5)
+        assert load.errors == [] and len(load.runs) == 6 and len(load.latencies) == 6 * 5
+        assert (load.lost, load.duplicated) == (0, 0)
+
+        _, runs, _, errors, _ = drive(url, WRITERS, EPOCHS, PAUSE, during=kill_and_restart)
+        assert len(servers) == 2, "the server was never killed: the test proves nothing"
+        assert errors == [] and len(runs) == WRITERS
+        assert counted(db_uri, url, runs, EPOCHS) == (0, 0)  # (lost, duplicated)
+        if backend == "postgresql":
+            pg = postgres[1]
+            behind = lambda: kill_postgres_and_restart(pg, db_uri)  # noqa: E731
+            _, runs, _, errors, _ = drive(url, WRITERS, EPOCHS, PAUSE, during=behind)
+            assert errors == [] and len(runs) == WRITERS
+            assert counted(db_uri, url, runs, EPOCHS) == (0, 0)
+    finally:
+        for p in servers:
+            if p.poll() is None:
+                stop_server(p)
