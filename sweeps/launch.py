@@ -75,9 +75,9 @@ def tune_stops_on_interrupt():
     """While Tune runs, the first Ctrl-C or SIGTERM asks Tune to stop through its own stop
     signal (SIGUSR1), so that it writes the experiment's state one last time before `fit()`
     returns; a second signal stops at once. Stopped abruptly, Tune left only its last periodic
-    snapshot, whose checkpoint lists name checkpoints deleted since: the resumed sweep then
-    logged a traceback for each one it tried to delete again. Either way the caller sees
-    KeyboardInterrupt."""
+    snapshot, whose checkpoint lists name checkpoints deleted since (a test found one listing
+    checkpoint_000039 of a trial at epoch 40+): deleting one again raises FileNotFoundError
+    inside Tune, which prints its traceback. Either way the caller sees KeyboardInterrupt."""
     asked: list[int] = []
 
     def stop(signum, frame):
