@@ -23,7 +23,7 @@ def packing_spec(name: str, gpu_missing: str) -> dict:
                  "lambdas": [0.1 * k for k in range(TRIALS)]},
         # long enough that four trials started together are still training when the first
         # of them ends: the overlap is what is measured
-        "training": {"epochs": 40, "batch_size": 16},
+        "training": {"epochs": 30, "batch_size": 16},
         "evaluation": {"size": 50, "eps": [0.1], "attacks": ["fgsm"]},
         "audit": {"enabled": False},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0.25,

@@ -1,7 +1,7 @@
 """One tracking server, many writers: real `satsweep server` processes on SQLite and on a real
 PostgreSQL (the `pgserver` wheel the project installs), real writer processes logging like
 trials, and the backend's own tables counted afterwards: nothing lost, nothing written twice,
-also when the server, or PostgreSQL behind it, is SIGKILLed and restarted mid-sweep. The full
+also when the server is SIGKILLed and restarted mid-sweep. The full
 sizes run in `make bench` (benchmarks/tracking_load.py)."""
 
 import os
@@ -57,20 +57,12 @@ def wait_for_more_metrics(db_uri: str, more: int, timeout: float = 300) -> None:
 EPOCHS, WRITERS, PAUSE = 20, 4, 0.3  # about 6 s of logging per writer, unbroken
 
 
-def kill_postgres_and_restart(pg, db_uri: str) -> None:
-    """SIGKILL of PostgreSQL's postmaster mid-way through the writers, then a start."""
-    wait_for_more_metrics(db_uri, WRITERS * METRICS * 3)
-    os.kill(pg.get_pid(), signal.SIGKILL)
-    time.sleep(2)
-    pg.ensure_postgres_running()
-
-
 @pytest.mark.faults
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
     """One server: six writers at once; then four more while the MLflow server (its whole
-    process group) is SIGKILLed and restarted on the same port and store; on PostgreSQL,
-    four more while PostgreSQL itself is. MLflow's client retries each request meanwhile.
+    process group) is SIGKILLed and restarted on the same port and store. MLflow's client
+    retries each request meanwhile.
     Every phase: no error, and the backend's tables hold each row sent exactly once."""
     store, db_uri = stores(tmp_path, postgres)[backend]
     proc, url = start_server(tmp_path, None, store)
@@ -94,12 +86,6 @@ def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
         assert len(servers) == 2, "the server was never killed: the test proves nothing"
         assert errors == [] and len(runs) == WRITERS
         assert counted(db_uri, url, runs, EPOCHS) == (0, 0)  # (lost, duplicated)
-        if backend == "postgresql":
-            pg = postgres[1]
-            behind = lambda: kill_postgres_and_restart(pg, db_uri)  # noqa: E731
-            _, runs, _, errors, _ = drive(url, WRITERS, EPOCHS, PAUSE, during=behind)
-            assert errors == [] and len(runs) == WRITERS
-            assert counted(db_uri, url, runs, EPOCHS) == (0, 0)
     finally:
         for p in servers:
             if p.poll() is None:
