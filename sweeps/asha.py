@@ -17,7 +17,6 @@ interrupted before its first saved result simply starts with empty rungs, as at 
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 import time
 
@@ -56,33 +55,43 @@ class ResumableASHA(ASHAScheduler):
         self.save_state()
 
     def save_state(self) -> None:
-        """ASHA's state, written whole or not at all (a temporary file, then a rename)."""
-        state = {k: v for k, v in self.__dict__.items() if k not in _OWN}
+        """ASHA's state, by ASHA's own `save`, written whole or not at all: to a temporary
+        file, then renamed into place (or, on an object store, uploaded as one object)."""
         fs, path = pyarrow.fs.FileSystem.from_uri(self._state_uri)
-        if isinstance(fs, pyarrow.fs.LocalFileSystem):
-            folder = os.path.dirname(path)
+        local = isinstance(fs, pyarrow.fs.LocalFileSystem)
+        folder = os.path.dirname(path) if local else None
+        if local:
             os.makedirs(folder, exist_ok=True)
-            with tempfile.NamedTemporaryFile("wb", dir=folder, delete=False) as f:
-                pickle.dump(state, f)
-            os.replace(f.name, path)
-        else:  # object stores write an object whole on close
-            with fs.open_output_stream(path) as f:
-                f.write(pickle.dumps(state))
+        with tempfile.NamedTemporaryFile(dir=folder, delete=False) as f:
+            pass
+        try:
+            self.save(f.name)
+            if local:
+                os.replace(f.name, path)
+            else:
+                with open(f.name, "rb") as saved, fs.open_output_stream(path) as out:
+                    out.write(saved.read())
+        finally:
+            if os.path.exists(f.name):
+                os.remove(f.name)
         self._saved_at = time.monotonic()
 
     def _load_once(self) -> None:
+        """ASHA's saved state, by ASHA's own `restore`; this copy's bookkeeping stays its own
+        (the saved `_saved_at` is another process's clock)."""
         if self._loaded:
             return
         self._loaded = True
         fs, path = pyarrow.fs.FileSystem.from_uri(self._state_uri)
         if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
             return  # a new sweep, or one interrupted before its first saved result
-        with fs.open_input_stream(path) as f:
-            self.__dict__.update(pickle.loads(f.read()))
-
-    def rung_entries(self) -> int:
-        """How many (trial, milestone) results the rungs hold: what a test compares."""
-        return sum(len(recorded) for b in self._brackets for _, recorded in b._rungs)
+        own = {k: self.__dict__[k] for k in _OWN}
+        with tempfile.NamedTemporaryFile() as copy:
+            with fs.open_input_stream(path) as saved:
+                copy.write(saved.read())
+            copy.flush()
+            self.restore(copy.name)
+        self.__dict__.update(own)
 
 
 def forget_rungs(state_uri: str) -> None:

@@ -323,13 +323,12 @@ def cmd_run(args) -> int:
     except SpecError as err:
         return _fail(str(err))
     from sweeps.preflight import PreflightError, check_before_ray
-    from trainables.data import DatasetNotFoundError
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, spec.tracking_uri)
     storage_path = args.storage_path or spec.storage_path
     try:  # the same checks for a dry run: it must refuse what the real run refuses
         check_before_ray(spec, storage_path, tracking_uri, args.address, args.resume)
-    except (DatasetNotFoundError, PreflightError, ValueError) as err:
+    except (PreflightError, ValueError) as err:
         return _fail(str(err))
     if args.dry_run:
         _print_trials(spec, args.all)

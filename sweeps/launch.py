@@ -66,39 +66,47 @@ class SweepInterrupted(Exception):
     """Ctrl-C or SIGTERM stopped the sweep; its runs are KILLED and `--resume` continues it."""
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C
+class Interrupts:
+    """One handler for Ctrl-C and SIGTERM for the whole launch. While Tune's `fit()` runs, the
+    first signal asks Tune to stop through its own stop signal (SIGUSR1), so that it writes the
+    experiment's state one last time before `fit()` returns; `after_fit` then raises. Anywhere
+    else, and on a second signal, KeyboardInterrupt at once. Stopped abruptly, Tune left only its
+    last periodic snapshot, whose checkpoint lists name checkpoints deleted since (a test found
+    one listing checkpoint_000039 of a trial at epoch 40+): deleting one again raises
+    FileNotFoundError inside Tune, which prints its traceback. SIGTERM takes Ctrl-C's path."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def handle(self, signum, frame) -> None:
+        tune_listens = callable(signal.getsignal(signal.SIGUSR1))  # installed inside fit()
+        if self.asked or not tune_listens:
+            raise KeyboardInterrupt
+        self.asked = True
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def after_fit(self) -> None:
+        """Tune's SIGUSR1 handler outlives `fit()`, bound to its finished run: drop it, and
+        raise if a signal stopped the grid."""
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        if self.asked:
+            raise KeyboardInterrupt
 
 
 @contextmanager
-def tune_stops_on_interrupt():
-    """While Tune runs, the first Ctrl-C or SIGTERM asks Tune to stop through its own stop
-    signal (SIGUSR1), so that it writes the experiment's state one last time before `fit()`
-    returns; a second signal stops at once. Stopped abruptly, Tune left only its last periodic
-    snapshot, whose checkpoint lists name checkpoints deleted since (a test found one listing
-    checkpoint_000039 of a trial at epoch 40+): deleting one again raises FileNotFoundError
-    inside Tune, which prints its traceback. Either way the caller sees KeyboardInterrupt."""
-    asked: list[int] = []
-
-    def stop(signum, frame):
-        tune_listens = callable(signal.getsignal(signal.SIGUSR1))  # installed inside fit()
-        if asked or not tune_listens:
-            raise KeyboardInterrupt
-        asked.append(signum)
-        os.kill(os.getpid(), signal.SIGUSR1)
-
-    # an earlier fit() in this process left its handler, bound to its own finished run
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+def interrupts_stop_the_sweep():
+    """`Interrupts` installed for the block, the previous handlers restored after it."""
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    previous = {n: signal.getsignal(n) for n in numbers}
+    interrupts = Interrupts()
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # an earlier fit() in this process left one
+    signal.signal(signal.SIGINT, interrupts.handle)
+    signal.signal(signal.SIGTERM, interrupts.handle)
     try:
-        yield
+        yield interrupts
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    if asked:
-        raise KeyboardInterrupt
 
 
 def run_sweep(
@@ -116,22 +124,23 @@ def run_sweep(
     quiet_libraries(verbose)
     survive_killed_workers()  # a worker killed for memory fails its trial, not the sweep
     # Tune's own Ctrl-C handler ends fit() as if the sweep had finished: take the signal here
-    # and ask Tune to stop with its other stop signal (`tune_stops_on_interrupt`)
+    # and ask Tune to stop with its other stop signal (`Interrupts`)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     with sweep_lock(storage_path, spec.folder_name):
         clock = LaunchClock()  # this launch's wall time starts with Ray's
         connect_ray(address, verbose)
-        signal.signal(signal.SIGTERM, _interrupt)
-        check_on_the_cluster(spec, storage_path, tracking_uri, resume)
-        header(spec, tracking_uri)
-        with store_lock(tracking_uri):  # two new sweeps must not both create the schema
-            client = MlflowClient(tracking_uri)  # MLflow opens (and may create) the store here
-            opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
-        if opened is None:
-            say(f"sweep {spec.name!r} already finished; nothing to resume")
-            return None
-        context = sweep_context(spec, tracking_uri, *opened)
-        return execute(spec, context, client, storage_path, resume, verbose, clock)
+        with interrupts_stop_the_sweep() as interrupts:
+            check_on_the_cluster(spec, storage_path, tracking_uri, resume)
+            header(spec, tracking_uri)
+            with store_lock(tracking_uri):  # two new sweeps must not both create the schema
+                client = MlflowClient(tracking_uri)  # MLflow opens (and may create) the store
+                opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)
+            if opened is None:
+                say(f"sweep {spec.name!r} already finished; nothing to resume")
+                return None
+            context = sweep_context(spec, tracking_uri, *opened)
+            return execute(spec, context, client, storage_path, resume, verbose, clock,
+                           interrupts)  # fmt: skip
 
 
 def check_on_the_cluster(spec: SweepSpec, storage_path: str, tracking_uri: str, resume: bool):
@@ -197,6 +206,7 @@ def execute(
     resume: bool,
     verbose: bool,
     clock: LaunchClock,
+    interrupts: Interrupts,
 ) -> SweepOutcome:
     """The grid, then everything after it from one read of the store; on an interruption or a
     crash, no run is left RUNNING."""
@@ -204,8 +214,8 @@ def execute(
     callbacks = driver_callbacks(spec, context, clock)
     early = callbacks[-1]
     try:
-        with tune_stops_on_interrupt():
-            results = fit(spec, context, storage_path, resume, verbose, callbacks)
+        results = fit(spec, context, storage_path, resume, verbose, callbacks)
+        interrupts.after_fit()
         ray_status = {r.metrics[names.TRIAL_ID]: "ERROR" if r.error else "TERMINATED"
                       for r in results if names.TRIAL_ID in r.metrics}  # fmt: skip
         failed = len(results.errors)

@@ -2,7 +2,8 @@
 starts (or, for the cluster's shape, right after connecting), each failure one `PreflightError`
 phrased for people: the dataset and every architecture on it, the storage path, the tracking
 store and experiment, the machine's resources, the Ray address, shared storage and node sizes
-on a cluster. The checks before Ray write nothing."""
+on a cluster. The checks before Ray write nothing, and the cheap ones come first: a mistyped URI is
+refused before torch, MLflow or Ray is imported."""
 
 from __future__ import annotations
 
@@ -15,15 +16,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
 
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-from sweeps.console import warn
 from sweeps.spec import SweepSpec
 from tracking.runs import redact_uri
 from tracking.store import StoreError, check_store, is_loopback, store_lock
-from trainables.data import load_dataset
-from trainables.models import SaturatingNet
 from trainables.worker_memory import GIB, trial_budget_bytes
 
 
@@ -103,6 +98,8 @@ def check_resources(spec: SweepSpec, address: str | None) -> None:
 def trial_memory_bytes(spec: SweepSpec) -> int:
     """What one trial (or audit) may peak at: resources.memory_per_trial_gb, else the estimate
     from the dataset and evaluation.attack_batch_size (`worker_memory.trial_budget_bytes`)."""
+    from trainables.data import load_dataset
+
     if spec.resources.memory_per_trial_gb is not None:
         return int(spec.resources.memory_per_trial_gb * GIB)
     d = spec.dataset
@@ -140,6 +137,10 @@ def check_cluster_fits(spec: SweepSpec) -> None:
     """After connecting: some node must hold one trial (its CPUs, GPUs and memory), or Ray
     waits forever (or its memory monitor kills every attempt); where memory, not cores, limits
     how many trials a node can run at once, say so."""
+    import ray
+
+    from sweeps.console import warn
+
     r = spec.resources
     memory = trial_memory_bytes(spec)
     fits = [(n["NodeManagerAddress"], n["Resources"],
@@ -266,6 +267,8 @@ def on_network_filesystem(path: Path) -> bool:
 def check_shared_storage(storage_path: str) -> None:
     """On a cluster spanning several hosts, trials checkpoint from every node: a node-local
     folder would scatter checkpoints where resume and export cannot find them."""
+    import ray
+
     if "://" in storage_path:
         return
     hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
@@ -281,6 +284,8 @@ def check_shared_storage(storage_path: str) -> None:
 def cluster_hosts() -> set[str]:
     """The distinct addresses of the cluster's live nodes: one per host, however many Ray nodes
     a host runs (`ray.cluster_utils` runs several on one address)."""
+    import ray
+
     return {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
 
 
@@ -289,6 +294,8 @@ def check_tracking_from_every_host(tracking_uri: str, timeout_s: float = 60) -> 
     must be one every host reaches: not a SQLite file on this host, not a loopback address
     (127.0.0.1 on a worker host is that worker). Then each node is asked itself, with its own
     credentials, before any trial starts (the driver's check only speaks for the head)."""
+    import ray
+
     hosts = cluster_hosts()
     if len(hosts) < 2:
         return
@@ -329,6 +336,9 @@ def _store_problem(tracking_uri: str) -> str | None:
 def ask_every_node(tracking_uri: str, timeout_s: float) -> list[tuple[str, str]]:
     """[(node address, problem)] for the nodes whose own check of the store fails (a task on
     each node, needing no CPU, so busy nodes answer too)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     probe = ray.remote(num_cpus=0)(_store_problem)
     refs = {}
     for node in (n for n in ray.nodes() if n["Alive"]):
@@ -342,10 +352,16 @@ def ask_every_node(tracking_uri: str, timeout_s: float) -> list[tuple[str, str]]
 
 def check_data(spec: SweepSpec) -> None:
     """Load the dataset once in the driver and build each architecture on it, so a missing
-    dataset or an impossible architecture fails before Ray starts (DatasetNotFoundError or
-    ValueError, both phrased for people)."""
+    dataset (a PreflightError) or an impossible architecture (a ValueError) fails before Ray
+    starts, both phrased for people."""
+    from trainables.data import DatasetNotFoundError, load_dataset
+    from trainables.models import SaturatingNet
+
     d = spec.dataset
-    data = load_dataset(d.name, d.data_dir, d.download)
+    try:
+        data = load_dataset(d.name, d.data_dir, d.download)
+    except DatasetNotFoundError as err:
+        raise PreflightError(str(err)) from None
     for arch in spec.architectures.values():
         for act in spec.grid.activations:
             SaturatingNet(arch, act, data.input_shape, data.num_classes)
@@ -365,12 +381,12 @@ def check_before_ray(
 ) -> None:
     """Every check that needs no Ray, and writes nothing (a dry run makes the same checks):
     data and architectures, storage, tracking store and experiment, resources, Ray address."""
-    check_data(spec)
     check_storage(storage_path)
     check_tracking(tracking_uri)
+    check_address(address)
+    check_data(spec)
     check_experiment(spec, tracking_uri, resume)
     check_resources(spec, address)
-    check_address(address)
 
 
 @contextmanager

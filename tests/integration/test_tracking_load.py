@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from benchmarks.tracking_load import METRICS, counted, drive, measure
+from benchmarks.tracking_load import METRICS, counted, drive
 from benchmarks.tracking_server import start_server, stop_server, wait_healthy
 from tracking.postgres import mlflow_uri, start_postgres
 
@@ -54,16 +54,16 @@ def wait_for_more_metrics(db_uri: str, more: int, timeout: float = 300) -> None:
     raise AssertionError(f"the writers never logged {more} more metrics")
 
 
-EPOCHS, WRITERS, PAUSE = 20, 4, 0.3  # about 6 s of logging per writer, unbroken
+EPOCHS, WRITERS, PAUSE = 20, 6, 0.3  # about 6 s of logging per writer, unbroken
 
 
 @pytest.mark.faults
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
-    """One server: six writers at once; then four more while the MLflow server (its whole
-    process group) is SIGKILLed and restarted on the same port and store. MLflow's client
-    retries each request meanwhile.
-    Every phase: no error, and the backend's tables hold each row sent exactly once."""
+    """One server, six writers at once, and the MLflow server (its whole process group)
+    SIGKILLed and restarted on the same port and store while they log; MLflow's client
+    retries each request meanwhile. No error, and the backend's tables hold each row sent
+    exactly once."""
     store, db_uri = stores(tmp_path, postgres)[backend]
     proc, url = start_server(tmp_path, None, store)
     servers = [proc]
@@ -78,10 +78,6 @@ def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
 
     try:
         wait_healthy(proc, url)
-        load = measure(backend, url, db_uri, writers=6, epochs=5)
-        assert load.errors == [] and len(load.runs) == 6 and len(load.latencies) == 6 * 5
-        assert (load.lost, load.duplicated) == (0, 0)
-
         _, runs, _, errors, _ = drive(url, WRITERS, EPOCHS, PAUSE, during=kill_and_restart)
         assert len(servers) == 2, "the server was never killed: the test proves nothing"
         assert errors == [] and len(runs) == WRITERS
