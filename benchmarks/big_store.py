@@ -11,10 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from benchmarks.common import result
+from tracking import metric_names as names
+from tracking.per_example import PER_EXAMPLE_ARTIFACT
 from trainables.settings import EvaluationSettings, flatten
 
 # what every real trial logs about the thresholds that judged it
@@ -24,32 +27,52 @@ JUDGED_BY = {f"evaluation.{k}": v for k, v in flatten(EvaluationSettings().model
 SWEEP = "big"
 
 
-def build(folder: Path, trials: int = 2500) -> tuple[str, str]:
+def build(
+    folder: Path, trials: int = 2500, seeds: int = 1, per_example_points: int = 0
+) -> tuple[str, str]:
     """A sweep store of `trials` finished trial runs; (tracking URI, run id of the best). The
-    best is the oldest run, which MLflow returns last (newest first)."""
+    best is the oldest run, which MLflow returns last (newest first). `seeds` runs share each
+    λ (a configuration of `seeds` seeds); with `per_example_points`, each run carries the
+    per-example record a real trial writes (the report's paired comparisons read it)."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment(SWEEP, artifact_location=(folder / "art").as_uri())
     parent = client.create_run(exp, tags={"satsweep.role": "sweep"}).info.run_id
+    rng = np.random.default_rng(0)
     best = None
     for i in range(trials):
         run = client.create_run(exp, run_name=f"t{i}")
         tags = {"satsweep.role": "trial", "mlflow.parentRunId": parent,
                 "satsweep.status": "finished", "masking.masking_suspected": "false"}  # fmt: skip
-        worst = 0.9 if i == 0 else 0.1 + (i % 100) / 1000
+        worst = 0.9 if i < seeds else 0.1 + (i % 100) / 1000
+        params = {"lam": str(i // seeds), "seed": str(i % seeds), **JUDGED_BY}
         client.log_batch(
             run.info.run_id,
             metrics=[
                 Metric("clean_acc", 0.95, 0, 1),
                 Metric("worst_case_acc/eps_0.1", worst, 0, 1),
+                *(
+                    [Metric(names.EVAL_POINTS, per_example_points, 0, 1)]
+                    if per_example_points
+                    else []
+                ),
             ],
-            # each its own configuration: a λ of its own, one seed
-            params=[Param(k, v) for k, v in {"lam": str(i), "seed": "0", **JUDGED_BY}.items()],
+            params=[Param(k, v) for k, v in params.items()],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
+        if per_example_points:
+            client.log_dict(run.info.run_id, per_example(rng, per_example_points, worst),
+                            PER_EXAMPLE_ARTIFACT)  # fmt: skip
         client.set_terminated(run.info.run_id)
         best = best or run.info.run_id
     return uri, best
+
+
+def per_example(rng: np.random.Generator, points: int, worst: float) -> dict:
+    """A per-example record (`tracking.per_example`) whose worst case at 0.1 is about `worst`."""
+    robust = (rng.random(points) < worst).tolist()
+    return {"eval_indices": list(range(points)), "clean": [True] * points,
+            "results": [{"attack": "pgd_ce", "eps": 0.1, "robust": robust}]}  # fmt: skip
 
 
 def run() -> list[dict]:

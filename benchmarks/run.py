@@ -14,6 +14,8 @@ from benchmarks import (
     audit,
     big_store,
     defence_loop,
+    driver_scale,
+    server_scale,
     sweeps,
     tracking_load,
     tracking_server,
@@ -28,7 +30,7 @@ RESULTS = Path(__file__).with_name("results.json")
 MODULES = {
     m.__name__.rsplit(".", 1)[-1]: m
     for m in (train_loop, defence_loop, attacks, audit, big_store, sweeps, worker_memory,
-              tracking_server, tracking_load)
+              tracking_server, tracking_load, server_scale, driver_scale)
 }  # fmt: skip
 
 

@@ -31,7 +31,7 @@ def auditable(t: TrialRecord, rule: SelectionRule) -> bool:
     return t.status == "finished" and t.worst(rule.eps) is not None and not t.collapsed
 
 
-def nothing_standing(t: TrialRecord, spec: SweepSpec) -> bool:
+def nothing_left_at_audit_eps(t: TrialRecord, spec: SweepSpec) -> bool:
     """The cheap tier left no point standing at any audit eps: no attack can lower a worst case
     of 0, so the trial's figures are final without an audit task."""
     eps = spec.audit.eps or spec.evaluation.eps
@@ -45,7 +45,7 @@ def settle_without_attacks(
     and return the others, which need an audit task."""
     rest = []
     for t in trials:
-        if nothing_standing(t, spec) and not t.audited:
+        if nothing_left_at_audit_eps(t, spec) and not t.audited:
             client.set_tag(t.run_id, AUDITED_TAG, NOTHING_STANDING)
             say(f"not audited {t.name}: the cheap tier left no point standing")
         else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from tracking.evidence import Comparison, compare, detectable_difference, holm
-from tracking.per_example import load_per_example
+from tracking.per_example import PerExampleMissing, load_per_example
 from tracking.record import Configuration, SweepRecord, TrialRecord, configurations
 from tracking.rules import Baselines
 
@@ -92,7 +92,7 @@ def paired(client: MlflowClient, a: Configuration, b: Configuration, eps: float,
     def records(c: Configuration):
         for t in c.trials:
             if t.run_id not in cache:
-                cache[t.run_id] = load_per_example(client, t.run_id)
+                cache[t.run_id] = load_per_example(client, t.run_id, t.artifact_uri)
         return [cache[t.run_id] for t in c.trials]
 
     ra, rb = records(a), records(b)
@@ -156,6 +156,7 @@ def _rest(c: Configuration, axis: str) -> str:
 class ReportComparisons:
     rows: list[tuple[str, Paired, float]]  # (label, comparison, Holm-adjusted p)
     detectable_points: float  # the smallest difference this sweep could detect, in points
+    left_out: int = 0  # comparisons whose runs have no per-example results to pair
 
 
 def baseline_comparisons(
@@ -165,10 +166,18 @@ def baseline_comparisons(
     if not pairs:
         return None
     cache: dict = {}
-    done = [(label, paired(client, a, b, eps, cache)) for label, a, b in pairs]
+    done = []
+    for label, a, b in pairs:
+        try:
+            done.append((label, paired(client, a, b, eps, cache)))
+        except PerExampleMissing:  # an old run, or a failed upload: nothing to pair
+            continue
+    left_out = len(pairs) - len(done)
+    if not done:
+        return ReportComparisons([], float("nan"), left_out)
     adjusted = holm([p.worst.p_value for _, p in done])
     rows = [(label, p, q) for (label, p), q in zip(done, adjusted, strict=True)]
-    return ReportComparisons(rows, 100 * sweep_detectable(record, done))
+    return ReportComparisons(rows, 100 * sweep_detectable(record, done), left_out)
 
 
 def sweep_detectable(record: SweepRecord, done: list[tuple[str, Paired]]) -> float:
@@ -176,6 +185,8 @@ def sweep_detectable(record: SweepRecord, done: list[tuple[str, Paired]]) -> flo
     its points and seeds, the median share of points two compared models disagree on, and the
     spread between seeds where there are several."""
     first = next(iter(record.trials.values()))
+    if first.eval_points is None:  # a run from before the count was logged
+        return float("nan")
     seeds = min(len(p.a.trials) for _, p in done)
     discordance = statistics.median(p.discordance for _, p in done)
     spreads = [s[0] for _, p in done if (s := p.a.spread(p.eps))]

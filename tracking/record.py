@@ -46,6 +46,8 @@ class TrialRecord:
     start_ms: int
     end_ms: int | None
     defence_failure: str | None = None  # how its training-time defence failed, in words
+    artifact_uri: str | None = None  # where its artifacts live (read without asking for the run)
+    tags: dict[str, str] = field(default_factory=dict)  # every tag, as read
 
     @classmethod
     def from_run(cls, run: Run) -> TrialRecord:
@@ -63,6 +65,8 @@ class TrialRecord:
             start_ms=run.info.start_time,
             end_ms=run.info.end_time,
             defence_failure=tags.get(DEFENCE_FAILURE_TAG),
+            artifact_uri=run.info.artifact_uri,
+            tags=dict(tags),
         )
 
     # the grid point

@@ -10,6 +10,7 @@ and the champion's figure on the points that took no part in choosing it.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from matplotlib import colormaps
@@ -196,7 +197,11 @@ def saturation_vs_lambda(configs) -> Figure:
     _lam_axis(ax, all_lams or [1.0])
     ax.set_ylabel("fraction of hidden units")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="upper left", bbox_to_anchor=(1, 1), **legend_style(fig))
+    if ax.get_legend_handles_labels()[0]:  # runs without saturation metrics draw no line
+        ax.legend(loc="upper left", bbox_to_anchor=(1, 1), **legend_style(fig))
+    else:
+        ax.text(0.5, 0.5, "no trial logged saturation metrics", ha="center", va="center",
+                transform=ax.transAxes)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -350,6 +355,12 @@ def champion_paragraph(record: SweepRecord, rule: SelectionRule) -> list[str]:
 def comparison_lines(comparisons: ReportComparisons | None) -> list[str]:
     if comparisons is None:
         return []
+    missing = ([] if not comparisons.left_out else [
+        "", f"{comparisons.left_out} comparisons left out: their runs have no per-example "
+        "results (robustness/per_example.json) to pair, from before satsweep stored them or "
+        "from a failed upload."])  # fmt: skip
+    if not comparisons.rows:
+        return ["", "## Compared with the baselines", *missing]
     lines = ["", "## Compared with the baselines", "",
              "| comparison | worst case, points [95% CI] | p | Holm-adjusted p | detectable |",
              "|---|---|---|---|---|"]  # fmt: skip
@@ -359,14 +370,17 @@ def comparison_lines(comparisons: ReportComparisons | None) -> list[str]:
             f"| {label} | {100 * w.diff:+.1f} [{100 * w.ci_low:+.1f}, {100 * w.ci_high:+.1f}] | "
             f"{w.p_value:.2g} | {adjusted:.2g} | {'yes' if adjusted < 0.05 else 'no'} |"
         )
-    lines += ["", "With these points and seeds the sweep could tell apart differences of about "
-              f"{comparisons.detectable_points:.1f} points or more (80 % power, 5 % level); "
-              "smaller "
-              "ones are within the noise. One seed each: exact McNemar test on the discordant "
-              "points, paired bootstrap interval; several: Welch's t over the seeds' figures "
-              "(each carries its points' noise). p-values adjusted for the number of "
-              "comparisons (Holm)."]  # fmt: skip
-    return lines
+    detectable = comparisons.detectable_points
+    power = (f"With these points and seeds the sweep could tell apart differences of about "
+             f"{detectable:.1f} points or more (80 % power, 5 % level); smaller ones are within "
+             "the noise. ") if math.isfinite(detectable) else ""  # fmt: skip
+    lines += [
+        "",
+        power + "One seed each: exact McNemar test on the discordant points, paired "
+        "bootstrap interval; several: Welch's t over the seeds' figures (each carries its "
+        "points' noise). p-values adjusted for the number of comparisons (Holm).",
+    ]
+    return lines + missing
 
 
 def summary_markdown(

@@ -166,6 +166,14 @@ class TrainingSettings(Section):
     # epochs between checkpoints (the last epoch is always saved); a resumed trial repeats at
     # most checkpoint_every - 1 epochs
     checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, **fix("checkpoint every N >= 1 epochs"))
+    # and at most one checkpoint per this many seconds of training (the last epoch is always
+    # saved): Tune rewrites its whole experiment state when a trial has checkpointed twice since
+    # its last snapshot, so per-epoch checkpoints of short epochs made that rewrite, whose cost
+    # grows with the trial count, run once per trial (docs/design.md). A retried trial repeats
+    # at most this many seconds more.
+    checkpoint_min_seconds: float = Field(
+        30.0, ge=0, le=86_400, **fix("use e.g. 30, or 0 to save every checkpoint_every epochs")
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingSettings:

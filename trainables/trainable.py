@@ -66,6 +66,7 @@ from trainables.settings import (
     ArchitectureSettings,
     DefenceSettings,
     SweepSettings,
+    TrainingSettings,
     TrialSettings,
 )
 from trainables.train import (
@@ -468,12 +469,13 @@ def _train_and_report(
     run_id: str,
     early_stopping: bool,
 ) -> None:
-    """Each epoch: metrics to MLflow, then to Tune with a checkpoint every `checkpoint_every`
-    epochs and at the last one (after the final evaluation). The run is finished before the
-    last report: its record is complete, and Tune may stop the trial at that report (ASHA
-    does at its last rung), so no code after it is sure to run."""
+    """Each epoch: metrics to MLflow, then to Tune with a checkpoint when one is due
+    (`checkpoint_due`) and at the last epoch (after the final evaluation). The run is finished
+    before the last report: its record is complete, and Tune may stop the trial at that report
+    (ASHA does at its last rung), so no code after it is sure to run."""
     client, epochs, every = runs.client, cfg.training.epochs, cfg.evaluation.every_epochs
     overfitted = False
+    saved_at = time.monotonic()  # a restored trial counts from its restart
     for metrics in train(cfg, data, state, early_stopping):
         flags = {}
         if state.epoch == epochs:
@@ -495,10 +497,19 @@ def _train_and_report(
         headline = {k: metrics[k] for k in HEADLINE_METRICS}
         if state.epoch == epochs:
             finish_run(client, run_id, "FINISHED", note="finished")
-        elif state.epoch % cfg.training.checkpoint_every:
+        elif not checkpoint_due(cfg.training, state.epoch, time.monotonic() - saved_at):
             tune.report(headline | metrics)
             continue
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder) / CHECKPOINT_FILE, state, {"mlflow_run_id": run_id})
             checkpoint = tune.Checkpoint.from_directory(folder)
+            saved_at = time.monotonic()
             tune.report(headline | metrics | flags, checkpoint=checkpoint)
+
+
+def checkpoint_due(training: TrainingSettings, epoch: int, since_last_s: float) -> bool:
+    """Every `checkpoint_every` epochs, once `checkpoint_min_seconds` have passed since the last
+    checkpoint (or the trial's start)."""
+    return (
+        epoch % training.checkpoint_every == 0 and since_last_s >= training.checkpoint_min_seconds
+    )

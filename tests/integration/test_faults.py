@@ -81,7 +81,7 @@ def test_killed_worker_is_retried_from_its_checkpoint_into_one_run(tmp_path):
         "name": "kill-worker",
         "grid": {"architectures": [{"kind": "mlp", "hidden": [256, 256]}],
                  "activations": ["relu"], "lambdas": [0.0]},
-        "training": {"epochs": epochs, "batch_size": 16},
+        "training": {"epochs": epochs, "batch_size": 16, "checkpoint_min_seconds": 0},
         "evaluation": FAST_EVAL, "audit": {"enabled": False}, "max_failures": 2,
     })  # fmt: skip
     proc = start(tmp_path)

@@ -6,6 +6,7 @@ the CLI's errors."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -357,3 +358,26 @@ def test_a_trials_description_puts_each_threshold_beside_the_value_it_judged():
     admitted = trial_description(flagged_trial(0.95, audited=True, gap_threshold="0.1"), rule, True)
     assert admitted.startswith("**Champion**, in selection: flagged (stabilisation_gap")
     assert "0.300 > 0.1" in admitted and "clean 0.950 (floor 0.9)" in admitted
+
+
+@pytest.mark.parametrize("per_example_points", [0, 60])
+def test_report_pairs_the_runs_that_carry_per_example_records_and_says_what_it_left_out(
+    tmp_path, per_example_points
+):
+    """A store whose runs predate per-example records (or lost them) still gets its report,
+    which says the comparisons were left out; runs that carry them are compared (λ k against
+    λ 0, seeds grouped). No traceback and no library warning on the console either way."""
+    from benchmarks.big_store import SWEEP, build
+
+    uri, _ = build(tmp_path, trials=12, seeds=2, per_example_points=per_example_points)
+    out = satsweep("report", SWEEP, "--tracking-uri", uri)
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
+    client = MlflowClient(uri)
+    parent = load_sweep(client, SWEEP).parent_run_id
+    summary = client.download_artifacts(parent, "report/summary.md", str(tmp_path))
+    text = Path(summary).read_text()
+    compared = [line for line in text.splitlines() if line.startswith("| λ=")]
+    if per_example_points:
+        assert len(compared) == 5 and "left out" not in text  # λ 1..5 against λ 0
+    else:
+        assert compared == [] and "5 comparisons left out" in text

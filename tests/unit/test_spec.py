@@ -68,6 +68,7 @@ MALFORMED = [
     ("training.penalty.warmup_epochs", 500, "training.penalty.warmup_epochs"),
     ("training.penalty.warmup_epochs", -1, "training.penalty.warmup_epochs"),
     ("training.checkpoint_every", 0, "training.checkpoint_every"),
+    ("training.checkpoint_min_seconds", -1, "training.checkpoint_min_seconds"),
     ("max_failures", -1, "max_failures"),
     ("confirm_above", 0, "confirm_above"),
     ("evaluation.eps", [0.1, 2.0], "evaluation.eps[1]"),

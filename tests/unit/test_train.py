@@ -143,3 +143,16 @@ def test_a_resumed_keep_best_trial_ends_on_the_weights_an_uninterrupted_one_kept
     )
     forgot, kept_forgetting = resumed(forget_the_watch=True)
     assert kept_forgetting != kept  # the test can tell the two apart
+
+
+def test_a_checkpoint_waits_for_its_epoch_and_for_the_seconds_floor():
+    """Every `checkpoint_every` epochs, but never sooner than `checkpoint_min_seconds` after
+    the last one: the floor that keeps Tune from rewriting its state once per short trial."""
+    from trainables.settings import TrainingSettings
+    from trainables.trainable import checkpoint_due
+
+    floor = TrainingSettings(checkpoint_every=2, checkpoint_min_seconds=30.0)
+    assert [checkpoint_due(floor, e, 31.0) for e in (1, 2, 3, 4)] == [False, True, False, True]
+    assert not checkpoint_due(floor, 2, 29.9)
+    every_epoch = TrainingSettings(checkpoint_min_seconds=0.0)
+    assert all(checkpoint_due(every_epoch, e, 0.0) for e in (1, 2, 3))
