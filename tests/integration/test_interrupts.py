@@ -23,7 +23,7 @@ def slow_spec(name: str) -> dict:
                  "activations": ["relu", "sigmoid"], "lambdas": [0.0]},
         # long enough to be interrupted after epoch 40: a warm 2-core machine trains 150 epochs
         # in 15 s, about as long as a test's reads of a SQLite store the trials write to can take
-        "training": {"epochs": 250, "batch_size": 16, "checkpoint_min_seconds": 0},
+        "training": {"epochs": 200, "batch_size": 16, "checkpoint_min_seconds": 0},
         "evaluation": FAST_EVAL, "audit": {"enabled": False},
         "resources": {"max_concurrent_trials": 2},
     }  # fmt: skip

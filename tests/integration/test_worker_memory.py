@@ -17,7 +17,10 @@ pytestmark = [
     pytest.mark.skipif(not (MNIST10K / "MNIST").is_dir(), reason="needs the offline MNIST subset"),
 ]
 
-GROWTH_BOUND = 1.10  # after any trial, at most 10 % above what the worker held after its first
+# after any trial, at most 20 % above what the worker held after its first: glibc's heap moves
+# by up to about 12 % from one trial to the next with no trend (a CI run saw 627, then 659 to
+# 702 MB, the sixth back at 662); the leak this guards against added about 1 GB per trial
+GROWTH_BOUND = 1.20
 
 
 def test_a_reused_worker_ends_each_trial_with_the_memory_of_its_first(tmp_path):
