@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -32,6 +35,17 @@ def median_seconds(fn: Callable[[], None], repeats: int) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def satsweep_seconds(*args: str, cwd: Path | None = None) -> float:
+    """Wall seconds of one `satsweep` command as a user runs it (a fresh interpreter, imports
+    included); a failure raises with its stderr."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=1800)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"satsweep {args[0]} failed: {done.stderr[-3000:]}")
+    return time.perf_counter() - start
 
 
 def result(name: str, value: float, unit: str, baseline: float) -> dict:

@@ -21,6 +21,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from benchmarks.common import result
+from tracking.server import stop_process_group
 
 CALLS = 200
 METRICS_PER_BATCH = 40  # about what a trial logs per epoch
@@ -68,9 +69,7 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 180) -> None
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-    proc.wait(timeout=60)
+    stop_process_group(proc, grace_s=60)
 
 
 @contextmanager

@@ -156,7 +156,7 @@ def _submit(
     need = settle_without_attacks(trials, spec, client)
     for t in trials:
         if t not in need:
-            record.trials[t.run_id] = replace(t, audited=True)
+            record.trials[t.run_id] = replace(t, tags={**t.tags, AUDITED_TAG: NOTHING_STANDING})
     return submit_audits(spec, _jobs(need, checkpoints), context)
 
 

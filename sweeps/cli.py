@@ -604,6 +604,8 @@ def serve_beside_postgres(argv: list[str], env: dict[str, str]) -> int:
     started for it, stops PostgreSQL once the server has stopped (Ctrl-C or SIGTERM)."""
     import signal
 
+    from tracking.server import stop_process_group
+
     server = subprocess.Popen(argv, env=env, start_new_session=True)
 
     def stop(signum, frame):
@@ -613,11 +615,7 @@ def serve_beside_postgres(argv: list[str], env: dict[str, str]) -> int:
     try:
         return server.wait()
     except KeyboardInterrupt:
-        os.killpg(server.pid, signal.SIGTERM)  # MLflow's workers are the server's group
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_process_group(server)
         return INTERRUPTED
 
 

@@ -42,24 +42,19 @@ class PerExampleMissing(LookupError):
     """The run has no per-example results: it predates them, or their upload failed."""
 
 
-def load_per_example(
-    client: MlflowClient, run_id: str, artifact_uri: str | None = None
-) -> PerExample:
-    """The run's per-example record. With the run's `artifact_uri` (from a search already
-    made), straight from its artifact store: MLflow's run-id path asks the store for the run
-    twice more per file, which made these downloads half of a 1,000-trial report."""
+def load_per_example(client: MlflowClient, run_id: str, artifact_uri: str) -> PerExample:
+    """The run's per-example record, read straight from the run's `artifact_uri` (from a
+    search already made): MLflow's run-id path asks the store for the run twice more per file,
+    which made these downloads half of a 1,000-trial report."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory() as folder:
         try:
-            if artifact_uri is None:
-                path = client.download_artifacts(run_id, PER_EXAMPLE_ARTIFACT, folder)
-            else:
-                path = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{artifact_uri}/{PER_EXAMPLE_ARTIFACT}", dst_path=folder,
-                    tracking_uri=client.tracking_uri,
-                )  # fmt: skip
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{artifact_uri}/{PER_EXAMPLE_ARTIFACT}", dst_path=folder,
+                tracking_uri=client.tracking_uri,
+            )  # fmt: skip
         except (MlflowException, OSError) as err:
             raise PerExampleMissing(f"run {run_id} has no {PER_EXAMPLE_ARTIFACT}") from err
         return PerExample.from_json(json.loads(Path(path).read_text()))

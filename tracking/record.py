@@ -37,17 +37,13 @@ class TrialRecord:
 
     run_id: str
     name: str
-    ray_trial_id: str
     status: str  # finished, diverged, stopped_early, failed, interrupted; or MLflow's RUNNING...
     params: dict[str, str]
     metrics: dict[str, float]
-    flags: tuple[str, ...]  # the masking diagnostics whose tag is "true"
-    audited: bool
+    tags: dict[str, str]  # every tag, as read: flags, audit state, Ray's trial id
     start_ms: int
     end_ms: int | None
-    defence_failure: str | None = None  # how its training-time defence failed, in words
     artifact_uri: str | None = None  # where its artifacts live (read without asking for the run)
-    tags: dict[str, str] = field(default_factory=dict)  # every tag, as read
 
     @classmethod
     def from_run(cls, run: Run) -> TrialRecord:
@@ -56,18 +52,34 @@ class TrialRecord:
         return cls(
             run_id=run.info.run_id,
             name=run.info.run_name or run.info.run_id,
-            ray_trial_id=tags.get(TRIAL_ID_TAG, ""),
             status=tags.get(STATUS_TAG, "") if finished else run.info.status,
             params=dict(run.data.params),
             metrics=dict(run.data.metrics),
-            flags=tuple(names.flags_from_tags(tags)),
-            audited=tags.get(AUDITED_TAG) in ("true", NOTHING_STANDING),
+            tags=dict(tags),
             start_ms=run.info.start_time,
             end_ms=run.info.end_time,
-            defence_failure=tags.get(DEFENCE_FAILURE_TAG),
             artifact_uri=run.info.artifact_uri,
-            tags=dict(tags),
         )
+
+    # what its tags say
+    @property
+    def ray_trial_id(self) -> str:
+        return self.tags.get(TRIAL_ID_TAG, "")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The masking diagnostics whose tag is "true"."""
+        return tuple(names.flags_from_tags(self.tags))
+
+    @property
+    def audited(self) -> bool:
+        """Its audit results are merged in, or nothing was left standing to audit."""
+        return self.tags.get(AUDITED_TAG) in ("true", NOTHING_STANDING)
+
+    @property
+    def defence_failure(self) -> str | None:
+        """How its training-time defence failed, in words."""
+        return self.tags.get(DEFENCE_FAILURE_TAG)
 
     # the grid point
     @property

@@ -150,14 +150,14 @@ def ui_page(client, sweep: str | None) -> UiPage:
     the sweep's experiment is marked a training one first, since MLflow 3 shows an unmarked
     experiment as a GenAI one (traces, an overview) and the runs one toggle away."""
     from tracking.runs import TRAINING_EXPERIMENT
-    from tracking.sweep_run import SweepNotFound
+    from tracking.sweep_run import SweepNotFound, sweep_not_found
 
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     if sweep is not None:
         chosen = next((e for e in experiments if e.name == sweep), None)
         if chosen is None:
-            names = ", ".join(e.name for e in experiments) or "none"
-            raise SweepNotFound(f"--sweep {sweep!r}: no such sweep in this store; sweeps: {names}")
+            unknown = sweep_not_found(sweep, [e.name for e in experiments])
+            raise SweepNotFound(f"--sweep: {unknown}")
     elif experiments:
         chosen = max(experiments, key=lambda e: e.creation_time or 0)
     else:
@@ -168,6 +168,20 @@ def ui_page(client, sweep: str | None) -> UiPage:
     # the UI's mode (GenAI or model training) is a browser setting unless the address sets it
     path = f"#/experiments/{chosen.experiment_id}/runs?workflowType=machine_learning"
     return UiPage(path, f"the runs of {chosen.name!r}")
+
+
+def stop_process_group(server: subprocess.Popen, grace_s: float = 30) -> int:
+    """SIGTERM to the server's process group (MLflow's workers are in it), SIGKILL after
+    `grace_s`; its exit status. The server must have been started in a session of its own."""
+    import signal
+
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        return server.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        return server.wait()
 
 
 def wait_until_answers(url: str, server: subprocess.Popen, timeout_s: float) -> None:

@@ -38,15 +38,17 @@ def start_sweep_run(
     return run_id
 
 
+def sweep_not_found(sweep: str, experiment_names: list[str]) -> SweepNotFound:
+    """The error for a sweep this store lacks, naming the sweeps it holds (a typo shows)."""
+    names = ", ".join(n for n in experiment_names if n != "Default") or "none"
+    return SweepNotFound(f"no sweep named {sweep!r} in this store; sweeps here: {names}")
+
+
 def latest_sweep_run(client: MlflowClient, sweep: str) -> tuple[str, Run]:
     """(experiment id, latest parent run) of the sweep called `sweep`."""
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise SweepNotFound(
-            f"no sweep named {sweep!r} in this store; sweeps here: "
-            f"{', '.join(n for n in names if n != 'Default') or 'none'}"
-        )
+        raise sweep_not_found(sweep, [e.name for e in client.search_experiments()])
     parents = client.search_runs(
         [exp.experiment_id],
         f"tags.`{ROLE_TAG}` = 'sweep'",

@@ -59,6 +59,15 @@ def eval_indices(n_test: int, size: int, seed: int) -> torch.Tensor:
     return fixed_subset(n_test, size, seed)
 
 
+def evaluation_points(cfg: TrialSettings, data: Dataset) -> tuple[torch.Tensor, ...]:
+    """(indices into the test split, x, y) of the sweep's evaluation subset, on the data's
+    device: what a trial's attacks, its per-epoch check, its per-example record and its logged
+    dataset input all mean by "the evaluation points"."""
+    e = cfg.evaluation
+    idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
+    return idx, data.x_test[idx], data.y_test[idx]
+
+
 def attack_options(
     name: str, eps: float, settings: SweepSettings, surrogate: nn.Module | None
 ) -> dict:
@@ -281,8 +290,7 @@ def collapse_check(
 def quick_evaluation(cfg: TrialSettings, data: Dataset, model: nn.Module) -> dict:
     """FGSM and PGD-CE on the evaluation subset, for robustness curves over training."""
     e = cfg.evaluation
-    idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
-    x, y = data.x_test[idx], data.y_test[idx]
+    _, x, y = evaluation_points(cfg, data)
     results = run_attacks(model, x, y, ("fgsm", "pgd_ce"), tuple(e.eps), cfg)
     return robustness_metrics(results, selection_points(len(y), e.seed))
 

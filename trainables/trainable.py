@@ -50,8 +50,8 @@ from trainables.defences import never_robust_note, overfitting_note
 from trainables.evaluate import (
     audit_metrics,
     correct,
-    eval_indices,
     evaluate_robustness,
+    evaluation_points,
     merge_audit,
     per_example_record,
     quick_evaluation,
@@ -151,8 +151,7 @@ def final_evaluation(
     client, e = runs.client, cfg.evaluation
     log_model(cfg, data, state, client, run_id)
     client.set_tag(run_id, WEIGHTS_TAG, "true")
-    idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
-    x, y = data.x_test[idx], data.y_test[idx]
+    idx, x, y = evaluation_points(cfg, data)
     start = time.perf_counter()
     store = MlflowTwinStore(client, runs.experiment_id, runs.parent_run_id, run_id)
     twin = transfer_twin(cfg, data, state, store) if "transfer" in e.attacks else None
@@ -412,17 +411,17 @@ def log_data_inputs(cfg: TrialSettings, data: Dataset, client: MlflowClient, run
     from mlflow.entities import DatasetInput, InputTag
 
     e = cfg.evaluation
-    idx = eval_indices(len(data.y_test), e.size, e.seed).to(data.y_test.device)
+    _, x_eval, y_eval = evaluation_points(cfg, data)
     splits = {
         "train": (data.x_train, data.y_train, {}),
         "test": (data.x_test, data.y_test, {}),
-        "eval": (data.x_test[idx], data.y_test[idx],
-                 {"satsweep.eval_seed": str(e.seed), "satsweep.eval_size": str(len(idx))}),
+        "eval": (x_eval, y_eval,
+                 {"satsweep.eval_seed": str(e.seed), "satsweep.eval_size": str(len(y_eval))}),
     }  # fmt: skip
     source = dataset_source(cfg)
     inputs = []
     for split, (x, y, extra) in splits.items():
-        name = f"{cfg.dataset.name}/{split}" + (f"-{len(idx)}-seed{e.seed}" if extra else "")
+        name = f"{cfg.dataset.name}/{split}" + (f"-{len(y_eval)}-seed{e.seed}" if extra else "")
         dataset = mlflow.data.from_numpy(x.cpu().numpy(), targets=y.cpu().numpy(), name=name,
                                          source=source)  # fmt: skip
         tags = [InputTag("mlflow.data.context", split)]

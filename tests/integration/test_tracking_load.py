@@ -1,8 +1,8 @@
 """One tracking server, many writers: real `satsweep server` processes on SQLite and on a real
 PostgreSQL (the `pgserver` wheel the project installs), real writer processes logging like
 trials, and the backend's own tables counted afterwards: nothing lost, nothing written twice,
-also when the server is SIGKILLed and restarted mid-sweep. The full
-sizes run in `make bench` (benchmarks/tracking_load.py)."""
+also when the server is SIGKILLed and restarted mid-sweep, and when PostgreSQL behind a running
+server is. The full sizes run in `make bench` (benchmarks/tracking_load.py)."""
 
 import os
 import signal
@@ -19,9 +19,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
-    """A real PostgreSQL for this module, held by the test process (it stops at exit)."""
+    """A real PostgreSQL for this module, stopped at its end: pgserver stops it when its last
+    holder exits, and a SIGKILLed server never says it left."""
+    from pgserver._commands import pg_ctl
+
     folder = tmp_path_factory.mktemp("pg") / "data"
-    return folder, start_postgres(folder)
+    pg = start_postgres(folder)
+    yield folder, pg
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.system_user, timeout=120)
 
 
 def stores(tmp_path, postgres):
@@ -57,29 +62,53 @@ def wait_for_more_metrics(db_uri: str, more: int, timeout: float = 300) -> None:
 EPOCHS, WRITERS, PAUSE = 20, 6, 0.3  # about 6 s of logging per writer, unbroken
 
 
+def restart_postgres_abruptly(pg) -> None:
+    """`pg_ctl restart -m immediate`: PostgreSQL's crash stop (every connection cut, no
+    shutdown checkpoint, crash recovery on start), then a start. pg_ctl waits on PostgreSQL's
+    own lock file; a SIGKILLed postmaster nobody reaps would look alive to pgserver's check.
+    Then the handle reads the new postmaster, so that it stops this one when the module ends."""
+    from pgserver._commands import pg_ctl
+
+    pg_ctl(["-w", "-m", "immediate", "restart"], pgdata=pg.pgdata, user=pg.system_user,
+           timeout=120)  # fmt: skip
+    pg.ensure_postgres_running()
+
+
 @pytest.mark.faults
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
-    """One server, six writers at once, and the MLflow server (its whole process group)
-    SIGKILLed and restarted on the same port and store while they log; MLflow's client
-    retries each request meanwhile. No error, and the backend's tables hold each row sent
-    exactly once."""
+    """One server, six writers at once, and a restart while they log: on SQLite the MLflow
+    server itself (its whole process group SIGKILLed, started again on the same port and
+    store); on PostgreSQL the database behind the running server (crash-stopped and started).
+    MLflow's client retries each request meanwhile. No error, and the backend's tables hold
+    each row sent exactly once."""
     store, db_uri = stores(tmp_path, postgres)[backend]
     proc, url = start_server(tmp_path, None, store)
     servers = [proc]
+    restarted = []
 
-    def kill_and_restart():
-        wait_for_more_metrics(db_uri, WRITERS * METRICS * 3)  # three epochs in
+    def kill_and_restart_server():
         os.killpg(servers[-1].pid, signal.SIGKILL)
         servers[-1].wait()
         again, _ = start_server(tmp_path, None, store, port=int(url.rsplit(":", 1)[1]))
         servers.append(again)
         wait_healthy(again, url)
 
+    def restart_postgres():
+        pg = postgres[1]
+        before = pg.get_pid()
+        restart_postgres_abruptly(pg)
+        assert pg.get_pid() != before
+
+    def restart_while_they_log():
+        wait_for_more_metrics(db_uri, WRITERS * METRICS * 3)  # three epochs in
+        (kill_and_restart_server if backend == "sqlite" else restart_postgres)()
+        restarted.append(True)
+
     try:
         wait_healthy(proc, url)
-        _, runs, _, errors, _ = drive(url, WRITERS, EPOCHS, PAUSE, during=kill_and_restart)
-        assert len(servers) == 2, "the server was never killed: the test proves nothing"
+        _, runs, _, errors, _ = drive(url, WRITERS, EPOCHS, PAUSE, during=restart_while_they_log)
+        assert restarted, "nothing was restarted: the test proves nothing"
         assert errors == [] and len(runs) == WRITERS
         assert counted(db_uri, url, runs, EPOCHS) == (0, 0)  # (lost, duplicated)
     finally:

@@ -24,7 +24,8 @@ def test_ui_for_a_sweep_the_store_lacks_exits_2_naming_the_sweeps_it_has(store):
         [sys.executable, "-m", "sweeps.cli", "ui", "--tracking-uri", store, "--sweep", "x"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert out.returncode == 2 and "--sweep 'x'" in out.stderr and "sweeps: s" in out.stderr
+    assert out.returncode == 2 and "--sweep: no sweep named 'x'" in out.stderr
+    assert "sweeps here: s" in out.stderr
     assert "ready" not in out.stdout
 
 

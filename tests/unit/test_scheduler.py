@@ -78,3 +78,33 @@ def test_a_new_launch_forgets_an_earlier_sweeps_rungs(tmp_path):
     fresh = ResumableASHA(str(state), **RUNGS)
     launched(fresh, trials)
     assert rung_entries(fresh) == 0
+
+
+def test_a_checkpoint_already_gone_counts_as_deleted_and_its_successor_registers(tmp_path):
+    """What a resume after a killed driver meets: Tune's snapshot lists a checkpoint deleted
+    after it. Ray's own checkpoint manager, on real folders: registering the next checkpoint
+    must complete (no FileNotFoundError half way) and keep only what `num_to_keep` says."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    from sweeps.tuner import gone_checkpoints_count_as_deleted
+
+    def saved(index: int) -> _TrainingResult:
+        folder = tmp_path / f"checkpoint_{index:06d}"
+        folder.mkdir()
+        (folder / "state.pt").write_bytes(b"x")
+        return _TrainingResult(Checkpoint.from_directory(str(folder)), {"epoch": index})
+
+    gone_checkpoints_count_as_deleted()
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
+    for index in (0, 1):
+        manager.register_checkpoint(saved(index))
+    (tmp_path / "checkpoint_000000" / "state.pt").unlink()
+    (tmp_path / "checkpoint_000000").rmdir()  # deleted after the snapshot that lists it
+    manager.register_checkpoint(saved(2))
+    kept = [r.metrics["epoch"] for r in manager.best_checkpoint_results]
+    assert kept == [1, 2]
+    manager.register_checkpoint(saved(3))  # and an ordinary deletion still deletes
+    assert not (tmp_path / "checkpoint_000001").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000002", "checkpoint_000003"]

@@ -12,8 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmarks.big_store import JUDGED_BY  # the thresholds a real trial logs
+from tracking.metric_names import masking_tag
 from tracking.record import TrialRecord
 from tracking.run_notes import trial_description
+from tracking.runs import AUDITED_TAG
 from tracking.select import (
     SelectionError,
     SelectionRule,
@@ -342,11 +344,13 @@ def test_the_audit_ranks_trials_as_the_rule_does(tmp_path):
 
 def flagged_trial(clean: float, audited: bool, gap_threshold: str) -> TrialRecord:
     return TrialRecord(
-        run_id="r", name="lam1_relu_mlp-8_seed0", ray_trial_id="t", status="finished",
+        run_id="r", name="lam1_relu_mlp-8_seed0", status="finished",
         params={**JUDGED_BY, "evaluation.masking.gap_threshold": gap_threshold},
         metrics={"clean_acc": clean, "masking/stabilisation_gap": 0.3,
                  "worst_case_acc/eps_0.1": 0.2, "worst_case_acc/eps_1": 0.0},
-        flags=("masking_suspected", "stabilisation_gap"), audited=audited, start_ms=0, end_ms=1,
+        tags={masking_tag("masking_suspected"): "true", masking_tag("stabilisation_gap"): "true",
+              AUDITED_TAG: "true" if audited else "false"},
+        start_ms=0, end_ms=1,
     )  # fmt: skip
 
 
