@@ -54,7 +54,7 @@ PLAIN_TRIAL = textwrap.dedent(
     import sys, torch, yaml
     from sweeps.spec import parse_spec
     from trainables.data import load_dataset
-    from trainables.evaluate import eval_indices, evaluate_robustness
+    from trainables.evaluate import evaluate_robustness, evaluation_points
     from trainables.settings import TrialSettings
     from trainables.train import new_state, train
 
@@ -66,8 +66,8 @@ PLAIN_TRIAL = textwrap.dedent(
     state = new_state(cfg, data, torch.device("cpu"))
     for metrics in train(cfg, data, state):
         pass
-    idx = eval_indices(len(data.y_test), cfg.evaluation.size, cfg.evaluation.seed)
-    evaluate_robustness(state.model, data.x_test[idx], data.y_test[idx], cfg, None)
+    _, x, y = evaluation_points(cfg, data)
+    evaluate_robustness(state.model, x, y, cfg, None)
     print(metrics["clean_acc"])
     """
 )

@@ -68,10 +68,6 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 180) -> None
             time.sleep(0.5)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    stop_process_group(proc, grace_s=60)
-
-
 @contextmanager
 def server(folder: Path, credentials: tuple[str, str] | None, store: list[str] | None = None):
     """A started, healthy server, stopped afterwards; yields its URL."""
@@ -80,7 +76,7 @@ def server(folder: Path, credentials: tuple[str, str] | None, store: list[str] |
         wait_healthy(proc, url)
         yield url
     finally:
-        stop_server(proc)
+        stop_process_group(proc, grace_s=60)
 
 
 def logger(url: str):

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from benchmarks.tracking_load import METRICS, counted, drive
-from benchmarks.tracking_server import start_server, stop_server, wait_healthy
+from benchmarks.tracking_server import start_server, wait_healthy
 from tracking.postgres import mlflow_uri, start_postgres
+from tracking.server import stop_process_group
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
@@ -114,4 +115,4 @@ def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
     finally:
         for p in servers:
             if p.poll() is None:
-                stop_server(p)
+                stop_process_group(p, grace_s=60)
