@@ -15,6 +15,7 @@ from benchmarks import (
     big_store,
     defence_loop,
     driver_scale,
+    search,
     server_scale,
     sweeps,
     tracking_load,
@@ -29,7 +30,7 @@ RESULTS = Path(__file__).with_name("results.json")
 
 MODULES = {
     m.__name__.rsplit(".", 1)[-1]: m
-    for m in (train_loop, defence_loop, attacks, audit, big_store, sweeps, worker_memory,
+    for m in (train_loop, defence_loop, attacks, audit, big_store, sweeps, search, worker_memory,
               tracking_server, tracking_load, server_scale, driver_scale)
 }  # fmt: skip
 

@@ -21,7 +21,7 @@ from sweeps.spec import SpecError, load_spec
 from tracking import metric_names as names
 from tracking.runs import (
     DEFAULT_DB,
-    NO_TELEMETRY,
+    MLFLOW_QUIET_ENV,
     absolute_uri,
     redact_uri,
     resolve_tracking_uri,
@@ -252,7 +252,45 @@ def _fmt(value: float | None) -> str:
 # ---- run -------------------------------------------------------------------------------------
 
 
+def _print_search(spec) -> None:
+    """What a search samples, where, and how many trials it runs."""
+    from sweeps.space import cell_space
+    from sweeps.spec import search_cells
+
+    s = spec.search
+    sampler = "Optuna's TPE" if s.name == "optuna" else "at random (Optuna's RandomSampler)"
+    objectives = " and ".join(s.objectives)
+    front = "their Pareto front" if len(s.objectives) > 1 else "one objective"
+    seeds = list(spec.grid.seeds)
+    print(
+        f"search {s.name}: sampled {sampler}, seed {s.seed}, maximising {objectives} "
+        f"({front}), each configuration over seeds {seeds}, the searcher told their mean"
+    )
+    for key, dist in s.space.items():
+        print(f"  {key:<28} {dist.describe()}")
+    cells = search_cells(spec)
+    print(f"{len(cells)} grid cell{'s' if len(cells) > 1 else ''} (the listed axes but the seed):")
+    for cell in cells:
+        listed = ", ".join(f"{k} {v}" for k, v in cell.items())
+        space = cell_space(s.space, spec.defences[cell["defence"]])
+        what = ", ".join(space) or "nothing sampled"
+        print(f"  {listed}: {spec.samples_in(cell)} configuration(s) of {what} x "
+              f"{len(seeds)} seed(s)")  # fmt: skip
+
+
 def _print_trials(spec, show_all: bool) -> None:
+    if spec.search.sampled:
+        _print_search(spec)
+    else:
+        _print_grid(spec, show_all)
+    print(f"{spec.num_trials} trials, {spec.training.epochs} epochs each, dataset "
+          f"{spec.dataset.name}: every check passed")  # fmt: skip
+    n = evaluation_points(spec)
+    print(cost_line(spec, n))
+    print(power_line(spec, n))
+
+
+def _print_grid(spec, show_all: bool) -> None:
     from sweeps.grid import grid_points, naming, trial_name
 
     rows, order = grid_points(spec), naming(spec)
@@ -267,11 +305,6 @@ def _print_trials(spec, show_all: bool) -> None:
               f"{r['lam']:>8g} {kind:<8} {r['seed']:>4}")  # fmt: skip
     if hidden:
         print(f"... and {hidden} more (--all lists them)")
-    print(f"{spec.num_trials} trials, {spec.training.epochs} epochs each, dataset "
-          f"{spec.dataset.name}: every check passed")  # fmt: skip
-    n = evaluation_points(spec)
-    print(cost_line(spec, n))
-    print(power_line(spec, n))
 
 
 def evaluation_points(spec) -> int:
@@ -668,7 +701,7 @@ def cmd_ui(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in NO_TELEMETRY.items():  # before MLflow is imported (tracking/runs.py)
+    for key, value in MLFLOW_QUIET_ENV.items():  # before MLflow is imported (tracking/runs.py)
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
     command = {

@@ -10,13 +10,13 @@ import ray
 
 from sweeps.preflight import storage_uri
 from sweeps.spec import SweepSpec
-from tracking.runs import NO_TELEMETRY
+from tracking.runs import MLFLOW_QUIET_ENV
 
 # Tune waits this long for a stopped trial's function thread before it reuses the worker for
 # the next trial (its default, 2 s, fails that next trial with "Trainable runner reuse requires
 # reset_config()..." whenever a stopped trial's cleanup, freeing memory and logging, runs longer,
 # as it can on a loaded machine); the wait ends as soon as the thread does
-WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120", **NO_TELEMETRY}
+WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120", **MLFLOW_QUIET_ENV}
 
 
 def connect_ray(address: str | None, verbose: bool = False) -> None:

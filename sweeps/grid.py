@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ray import tune
 
-from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec, search_cells
 from trainables.settings import GRID_AXES, name_order, run_name
 
 
@@ -41,11 +41,32 @@ def param_space(spec: SweepSpec) -> dict:
 
 
 def naming(spec: SweepSpec) -> tuple[str, ...]:
-    """The order of the axes in the sweep's run names: those with more than one value first."""
-    g = spec.grid
-    counts = {"lam": len(g.lambdas), "activation": len(g.activations),
+    """The order of the axes in the sweep's run names: those with more than one value (or
+    sampled) first."""
+    g, space = spec.grid, spec.search.space
+    counts = {"lam": len(g.lambdas or space), "activation": len(g.activations or space),
               "defence": len(spec.defences), "arch": len(spec.architectures)}  # fmt: skip
     return name_order({axis for axis, n in counts.items() if n > 1})
+
+
+def example_points(spec: SweepSpec) -> list[dict]:
+    """Trial configs of the sweep's shape: its grid points, or for a search every cell and seed
+    with each sampled setting at a value of as many digits as a sampled one shows (`--dry-run`,
+    the width of the progress lines)."""
+    if not spec.search.sampled:
+        return grid_points(spec)
+    drawn = {key: _example(dist) for key, dist in spec.search.space.items()}
+    return [
+        cell | drawn | {"seed": seed} for cell in search_cells(spec) for seed in spec.grid.seeds
+    ]
+
+
+def _example(dist):
+    if dist.kind == "choice":
+        return max(dist.choice, key=lambda v: len(str(v)))
+    if dist.kind == "randint":
+        return dist.bounds[1]
+    return dist.bounds[0] * 1.2345  # four significant digits, the names' precision
 
 
 def trial_name(config: dict, order: tuple[str, ...]) -> str:

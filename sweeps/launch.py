@@ -23,7 +23,7 @@ from sweeps.audit import EarlyAudits, run_audit
 from sweeps.cluster import connect_ray, experiment_path
 from sweeps.console import closing_lines, command, header, quiet_libraries, say
 from sweeps.costs import compute_split, epochs_trained, launch_usage, log_usage
-from sweeps.grid import grid_points, naming, trial_name
+from sweeps.grid import example_points, naming
 from sweeps.preflight import (
     PreflightError,
     check_cluster_fits,
@@ -50,7 +50,7 @@ from tracking.sweep_run import (
     reopen_sweep_run,
     start_sweep_run,
 )
-from trainables.settings import flatten
+from trainables.settings import GRID_AXES, flatten
 from trainables.trainable import SweepContext
 
 
@@ -187,14 +187,15 @@ def sweep_context(
         early_stopping=tune_metric(spec) == names.EARLY_STOPPING,
         name_order=naming(spec),
         gpu_missing=spec.resources.gpu_missing,
+        sampled=tuple(k for k in spec.search.space if k not in GRID_AXES),
+        continuous=frozenset(spec.search.continuous()),
     )
 
 
 def driver_callbacks(spec: SweepSpec, context: SweepContext, clock: LaunchClock) -> list:
-    order = naming(spec)
-    width = max(len(trial_name(point, order)) for point in grid_points(spec))
+    width = max(len(context.run_name(point)) for point in example_points(spec))
     lines = TrialLines(spec.num_trials, spec.resources.max_concurrent_trials, spec.selection.eps,
-                       lambda config: trial_name(config, order), width)  # fmt: skip
+                       context.run_name, width)  # fmt: skip
     return [lines, clock, CloseRuns(context), EarlyAudits(spec, context)]
 
 

@@ -363,8 +363,12 @@ def check_data(spec: SweepSpec) -> None:
     except DatasetNotFoundError as err:
         raise PreflightError(str(err)) from None
     for arch in spec.architectures.values():
-        for act in spec.grid.activations:
+        for act in spec.grid.activations or _sampled_activations(spec):
             SaturatingNet(arch, act, data.input_shape, data.num_classes)
+
+
+def _sampled_activations(spec) -> list[str]:
+    return list(spec.search.space["activation"].choice)
 
 
 def storage_uri(path: str) -> str:

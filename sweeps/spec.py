@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from sweeps.space import SearchSettings, cell_space, check_space
 from tracking.rules import Baselines, SelectionRule
+from trainables.names import ACTIVATION_NAMES
 from trainables.settings import (
     ActivationName,
     ArchitectureSettings,
@@ -24,6 +26,7 @@ from trainables.settings import (
     FieldProblem,
     Section,
     SweepSettings,
+    TrialSettings,
     fix,
     require,
     run_name,
@@ -47,9 +50,10 @@ class SpecError(ValueError):
 
 class GridSpec(Section):
     architectures: list[ArchitectureSettings] = Field(min_length=1)
-    activations: list[ActivationName] = Field(min_length=1)
-    lambdas: list[typing.Annotated[float, Field(ge=0, **fix("use 0 for no penalty"))]] = Field(
-        min_length=1
+    # either listed here or sampled (search.space.activation / search.space.lam)
+    activations: list[ActivationName] | None = Field(None, min_length=1)
+    lambdas: list[typing.Annotated[float, Field(ge=0, **fix("use 0 for no penalty"))]] | None = (
+        Field(None, min_length=1)
     )
     seeds: list[typing.Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field([0], min_length=1)
     # training-time defences, crossed with the other axes (`none`: plain training)
@@ -58,7 +62,7 @@ class GridSpec(Section):
     @model_validator(mode="after")
     def _each_value_once(self) -> GridSpec:
         for key in ("activations", "lambdas", "seeds"):
-            values = getattr(self, key)
+            values = getattr(self, key) or []
             require(len(set(values)) == len(values), key, "has repeated values", "list each once")
         for key, entries in (("architectures", self.architectures), ("defences", self.defences)):
             names = [e.name if key == "architectures" else e.label for e in entries]
@@ -118,6 +122,8 @@ class SweepSpec(SweepSettings):
     grid: GridSpec
     # the masking-aware rule the sweep audits and crowns by, and `best`/`export` read back
     selection: SelectionRule = SelectionRule()
+    # list the grid (the default) or sample settings in every grid cell (sweeps/space.py)
+    search: SearchSettings = SearchSettings()
     # what the report compares every arm with (tracking/compare.py)
     comparisons: Baselines = Baselines()
     resources: ResourcesSpec = ResourcesSpec()
@@ -150,12 +156,17 @@ class SweepSpec(SweepSettings):
             "is empty while audit.enabled is true: the audit would attack nothing",
             "list square and/or autoattack, or set audit.enabled: false",
         )
-        longest = run_name(
-            max(self.architectures, key=len),
-            max(self.grid.activations, key=len),
-            max(self.grid.lambdas, key=lambda lam: len(f"{lam:g}")),
-            max(self.grid.seeds),
-            max(self.defences, key=len),
+        self._axes_listed_or_sampled()
+        longest = (
+            run_name(
+                max(self.architectures, key=len),
+                max(self.grid.activations or ACTIVATION_NAMES, key=len),
+                max(self.grid.lambdas or [0.0], key=lambda lam: len(f"{lam:g}")),
+                max(self.grid.seeds),
+                max(self.defences, key=len),
+            )
+            + "_"
+            + "_".join(f"{key.rpartition('.')[2]}1.234e-05" for key in self.search.space)
         )
         require(
             len(longest) <= MAX_RUN_NAME,
@@ -187,6 +198,35 @@ class SweepSpec(SweepSettings):
         object.__setattr__(self, "selection", rule)  # logged as a number, never "None"
         return self
 
+    def _axes_listed_or_sampled(self) -> None:
+        """lambda and the activation are grid axes or sampled: one of the two, and the sampled
+        settings are ones a trial accepts (`space.check_space`)."""
+        space = self.search.space
+        for key, axis in (("lam", "lambdas"), ("activation", "activations")):
+            require(
+                getattr(self.grid, axis) is not None or key in space,
+                f"grid.{axis}",
+                "missing required field",
+                f"list {axis} in the grid, or sample it (search.space.{key}) with search.name: "
+                "random or optuna",
+            )
+        listed = {f"grid.{a}" for a in ("lambdas", "activations") if getattr(self.grid, a)}
+        bases = [self.base_trial(defence=d) for d in self.grid.defences]
+        check_space(space, bases, listed)
+
+    def base_trial(self, **point: Any) -> TrialSettings:
+        """The spec's own settings at the first value of every axis (or `point`'s): what a
+        sampled setting replaces, and what a transfer twin keeps."""
+        g = self.grid
+        first = {
+            "arch": g.architectures[0],
+            "activation": (g.activations or list(ACTIVATION_NAMES))[0],
+            "lam": (g.lambdas or [0.0])[0],
+            "seed": g.seeds[0],
+            "defence": g.defences[0],
+        }
+        return TrialSettings.at(self.shared(), **(first | point))
+
     @property
     def architectures(self) -> dict[str, ArchitectureSettings]:
         return {a.name: a for a in self.grid.architectures}
@@ -195,11 +235,33 @@ class SweepSpec(SweepSettings):
     def defences(self) -> dict[str, DefenceSettings]:
         return {d.label: d for d in self.grid.defences}
 
+    def samples_in(self, cell: dict) -> int:
+        """Configurations a search samples in a grid cell: one where nothing sampled applies
+        (say, only defence settings in a cell without a defence)."""
+        space = cell_space(self.search.space, self.defences[cell["defence"]])
+        return self.search.num_samples if space else 1
+
     @property
     def num_trials(self) -> int:
+        """Every trial the sweep runs: the grid's points, or for a search its cells times the
+        configurations sampled in each times the seeds."""
         g = self.grid
+        if self.search.sampled:
+            samples = sum(self.samples_in(cell) for cell in search_cells(self))
+            return samples * len(g.seeds)
         axes = (g.architectures, g.activations, g.lambdas, g.defences, g.seeds)
         return math.prod(len(a) for a in axes)
+
+
+def search_cells(spec: SweepSpec) -> list[dict]:
+    """The grid's listed axes but the seed, crossed: where a search samples its configurations.
+    A sampled axis (lam, activation) is not in a cell: the searcher gives its value."""
+    g = spec.grid
+    cells = [{"arch": a, "defence": d} for d in spec.defences for a in spec.architectures]
+    for key, values in (("lam", g.lambdas), ("activation", g.activations)):
+        if values is not None:
+            cells = [cell | {key: v} for v in sorted(values) for cell in cells]
+    return cells
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -399,7 +461,7 @@ def _explain(error: dict, raw: dict) -> tuple[str, str, str]:
     ctx = error.get("ctx") or {}
     cause = ctx.get("error")
     if isinstance(cause, FieldProblem):
-        return _path((*loc, *cause.where.split("."))), cause.problem, cause.fix
+        return _path((*loc, *filter(None, cause.where.split(".")))), cause.problem, cause.fix
     if kind == "missing":
         return where, "missing required field", f"add `{loc[-1]}:` to the spec"
     if kind == "extra_forbidden" and _unindexed(loc) in REMOVED:

@@ -20,8 +20,9 @@ from ray.tune.schedulers import FIFOScheduler
 from sweeps.asha import STATE_FILE as ASHA_STATE_FILE
 from sweeps.asha import ResumableASHA, forget_rungs
 from sweeps.cluster import experiment_path
-from sweeps.grid import naming, param_space, trial_name
+from sweeps.grid import param_space
 from sweeps.preflight import ray_memory_reservation, storage_uri
+from sweeps.search import CellSearch
 from sweeps.spec import SweepSpec
 from tracking import metric_names as names
 from tracking.store import store_lock
@@ -150,7 +151,7 @@ def fit(
     if resume:
         path = experiment_path(spec, storage_path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
-    return new_tuner(spec, trainable, storage_path, verbose, callbacks).fit()
+    return new_tuner(spec, trainable, storage_path, verbose, callbacks, context.run_name).fit()
 
 
 def gone_checkpoints_count_as_deleted() -> None:
@@ -185,19 +186,28 @@ def new_tuner(
     storage_path: str,
     verbose: bool = False,
     callbacks: list[Callback] | None = None,
+    name_of=None,
 ) -> tune.Tuner:
+    """A Tuner over the grid, or over what a search samples (`sweeps/search.py`); `name_of`
+    names a trial from its config (the trial's run name)."""
+    from sweeps.grid import naming, trial_name
+
     order = naming(spec)
+    name_of = name_of or (lambda config: trial_name(config, order))
+    searched = spec.search.sampled
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec),
+        param_space={} if searched else param_space(spec),
         tune_config=tune.TuneConfig(
             metric=tune_metric(spec),
             mode="max",
+            search_alg=CellSearch(spec, tune_metric(spec)) if searched else None,
+            num_samples=spec.num_trials if searched else 1,  # a search's every trial, once
             reuse_actors=True,  # the next trial runs in a warm worker: no process start, imports
             scheduler=_scheduler(spec, storage_path),
-            max_concurrent_trials=spec.resources.max_concurrent_trials,
-            trial_name_creator=lambda t: trial_name(t.config, order),
-            trial_dirname_creator=lambda t: f"{trial_name(t.config, order)}_{t.trial_id}",
+            max_concurrent_trials=spec.resources.max_concurrent_trials,  # the searcher's too
+            trial_name_creator=lambda t: name_of(t.config),
+            trial_dirname_creator=lambda t: f"{name_of(t.config)}_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=spec.folder_name,  # a folder: the experiment keeps the name as given

@@ -142,9 +142,13 @@ class TrialRecord:
 
     @property
     def seedless_name(self) -> str:
-        """The configuration's name: the run name without its `_seedN`."""
-        suffix = f"_seed{self.params.get('seed', '')}"
-        return self.name[: -len(suffix)] if self.name.endswith(suffix) else self.name
+        """The configuration's name: the run name without its `_seedN` (at its end, or before
+        a search's sampled values)."""
+        seed = f"_seed{self.params.get('seed', '')}"
+        if self.name.endswith(seed):
+            return self.name[: -len(seed)]
+        head, found, tail = self.name.partition(seed + "_")
+        return f"{head}_{tail}" if found else self.name
 
     @property
     def configuration_key(self) -> tuple:

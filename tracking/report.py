@@ -159,16 +159,19 @@ def clean_vs_worst(configs, trials, eps: float) -> Figure:
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o", ms=6, capsize=2, color="#4c72b0",
                     mfc="none" if flagged else "#4c72b0", elinewidth=0.8,
                     label="masking suspected" if flagged else "no flag")  # fmt: skip
-    front = pareto_front(trials, eps)
+    front = sorted(pareto_front(trials, eps), key=lambda c: c.clean)
     ax.plot([c.clean for c in front], [c.worst(eps) for c in front], color="#c44e52", lw=1.5,
-            label="Pareto front")  # fmt: skip
-    for c in front:
-        ax.annotate(c.name, (c.clean, c.worst(eps)), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")  # fmt: skip
+            marker="D", ms=4, label="Pareto front")  # fmt: skip
+    for number, c in enumerate(front, 1):  # numbered: a search's names are too long to place
+        ax.annotate(str(number), (c.clean, c.worst(eps)), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points", color="#c44e52")  # fmt: skip
     ax.set_xlabel("clean accuracy (95 % CI)")
     ax.set_ylabel(f"worst-case accuracy, ε = {eps:g} (95 % CI)")
+    ax.set_title(f"{len(points)} configurations (seed means) and their Pareto front", fontsize=9)
     ax.legend(**legend_style(fig))
-    fig.tight_layout()
+    names = "\n".join(f"{number}: {c.name}" for number, c in enumerate(front, 1))
+    fig.text(0.01, 0.01, names, fontsize=7, va="bottom", ha="left", family="monospace")
+    fig.tight_layout(rect=(0, 0.03 * len(front) + 0.02, 1, 1))
     return fig
 
 

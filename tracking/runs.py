@@ -20,12 +20,16 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-# MLflow's usage telemetry off in every satsweep process: its client thread sets and unsets an
-# environment variable while a request reads the environment (requests' proxy lookup), and the
-# request then fails with KeyError '_MLFLOW_TELEMETRY_SESSION_ID', unretried (seen in 2 of 16
-# writers at once, benchmarks/tracking_load.py); it would also call out from nodes that have
-# no network
-NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+# MLflow in every satsweep process, quiet: usage telemetry off (its client thread sets and
+# unsets an environment variable while a request reads the environment, requests' proxy lookup,
+# and the request then fails with KeyError '_MLFLOW_TELEMETRY_SESSION_ID', unretried: seen in 2
+# of 16 writers at once, benchmarks/tracking_load.py; it would also call out from nodes that
+# have no network), and no progress bars
+MLFLOW_QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # a progress bar per artifact download, drawn once tqdm is installed (Optuna brings it)
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 # MLflow's own tag names, spelled out: importing mlflow (a second) only to name two tags would
 # slow every command that merely resolves a URI (`satsweep --help`, a refused spec)

@@ -330,6 +330,9 @@ class TrialSettings(SweepSettings):
     defence: DefenceSettings = DefenceSettings()
     # the order of the axes in the run name (`name_order`): the sweep's, not a setting
     name_order: tuple[str, ...] = Field(NAME_AXES, exclude=True)
+    # the dotted settings a search sampled for this trial (not lam or the activation, which
+    # are in every name): they end its run name, so sampled trials never share a twin's name
+    sampled: tuple[str, ...] = Field((), exclude=True)
 
     @classmethod
     def at(cls, shared: SweepSettings, **point: Any) -> TrialSettings:
@@ -337,8 +340,20 @@ class TrialSettings(SweepSettings):
 
     @property
     def run_name(self) -> str:
-        return run_name(self.arch.name, self.activation, self.lam, self.seed, self.defence.label,
+        name = run_name(self.arch.name, self.activation, self.lam, self.seed, self.defence.label,
                         self.name_order)  # fmt: skip
+        return "_".join([name, *self.sampled_labels()])
+
+    def sampled_labels(self) -> list[str]:
+        """`lr0.001234` per sampled setting: its last name part (two where two would clash)
+        and its value to 4 significant digits."""
+        last = [key.rpartition(".")[2] for key in self.sampled]
+        labels = []
+        for key, short in zip(self.sampled, last, strict=True):
+            label = short if last.count(short) == 1 else "-".join(key.split(".")[-2:])
+            value = getattr_dotted(self, key)
+            labels.append(f"{label}{value:.4g}" if isinstance(value, float) else f"{label}{value}")
+        return labels
 
     def params(self) -> dict[str, str]:
         """MLflow params: the settings under their dotted spec names, the numerics, and the
@@ -346,6 +361,24 @@ class TrialSettings(SweepSettings):
         dump = self.model_dump(mode="json")
         dump["defence"]["step_size"] = self.defence.alpha  # the value in force, not null
         return {**flatten({**dump, "numerics": NUMERICS}), "defence": self.defence.kind}
+
+
+def getattr_dotted(settings: BaseModel, dotted: str) -> Any:
+    """The value of a setting by its dotted spec name (`training.optimizer.lr`)."""
+    for part in dotted.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def with_settings(model: Section, overrides: dict[str, Any]) -> Any:
+    """`model` with the settings at the dotted names in `overrides` replaced and every level
+    above them validated again (strict types, bounds, cross-field checks): how a sampled
+    configuration becomes a trial. Raises pydantic's ValidationError, located below `model`."""
+    data = dict(model)  # fields only: computed ones (`arch.name`) are not settings
+    for dotted, value in overrides.items():
+        head, _, rest = dotted.partition(".")
+        data[head] = with_settings(data[head], {rest: value}) if rest else value
+    return type(model).model_validate(data)
 
 
 def name_order(varying) -> tuple[str, ...]:

@@ -68,6 +68,7 @@ from trainables.settings import (
     SweepSettings,
     TrainingSettings,
     TrialSettings,
+    with_settings,
 )
 from trainables.train import (
     TrainingDiverged,
@@ -112,9 +113,15 @@ class SweepContext:
     early_stopping: bool  # ASHA ranks by the early-stopping signal: measure it every epoch
     name_order: tuple[str, ...] = NAME_AXES  # the axes in run names (`settings.name_order`)
     gpu_missing: str = "fail"  # resources.gpu_missing: a given GPU torch cannot see fails the trial
+    # a search's sampled settings beyond lam and the activation, by dotted name, in the spec's
+    # order; Tune's config carries their values beside the axes
+    sampled: tuple[str, ...] = ()
+    continuous: frozenset[str] = frozenset()  # those drawn from a range (not `choice`)
 
     def trial(self, config: dict) -> TrialSettings:
-        return TrialSettings.at(
+        """The trial at a config: the grid point, then the sampled settings it carries (each
+        validated as the spec's own would be)."""
+        point = TrialSettings.at(
             self.shared,
             arch=self.architectures[config["arch"]],
             activation=config["activation"],
@@ -123,6 +130,21 @@ class SweepContext:
             defence=self.defences[config["defence"]],
             name_order=self.name_order,
         )
+        sampled = tuple(key for key in self.sampled if key in config)
+        if not sampled:
+            return point
+        return with_settings(point, {key: config[key] for key in sampled} | {"sampled": sampled})
+
+    def twin(self, config: dict) -> TrialSettings:
+        """The trial's transfer source (`twins.py`): lambda 0 and every setting sampled from a
+        range back at the spec's value; the grid's axes and the settings chosen from a list
+        stay. So a search over continuous settings trains one twin per cell and seed, not one
+        per trial."""
+        kept = {k: v for k, v in config.items() if k not in self.continuous}
+        return self.trial(kept | {"lam": 0.0})
+
+    def run_name(self, config: dict) -> str:
+        return self.trial(config).run_name
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,12 @@ def _prepare_worker(context: SweepContext) -> torch.device:
 
 
 def final_evaluation(
-    cfg: TrialSettings, data: Dataset, state: TrainState, runs: SweepRuns, run_id: str
+    cfg: TrialSettings,
+    data: Dataset,
+    state: TrainState,
+    runs: SweepRuns,
+    run_id: str,
+    twin_cfg: TrialSettings,
 ) -> tuple[dict, list[str]]:
     """The final model first (so trials waiting for this one as their transfer source can go
     on), then the cheap attack tier, masking flags, per-example results and the saturation
@@ -154,7 +181,7 @@ def final_evaluation(
     idx, x, y = evaluation_points(cfg, data)
     start = time.perf_counter()
     store = MlflowTwinStore(client, runs.experiment_id, runs.parent_run_id, run_id)
-    twin = transfer_twin(cfg, data, state, store) if "transfer" in e.attacks else None
+    twin = transfer_twin(cfg, twin_cfg, data, state, store) if "transfer" in e.attacks else None
     surrogate_seconds = time.perf_counter() - start
     metrics, diagnostics, results = evaluate_robustness(
         state.model, x, y, cfg, twin.model if twin else None
@@ -344,7 +371,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     )
     try:
         use_given_gpu(context, client, run_id, gpu_problem(gpu_ids, device))
-        _train_in_run(cfg, context, client, run_id, device)
+        _train_in_run(cfg, context.twin(config), context, client, run_id, device)
     finally:  # the trial's tensors went with `_train_in_run`'s frame (or wait in a traceback)
         end_of_trial(client, run_id, trials_run, device)
 
@@ -371,7 +398,12 @@ def use_given_gpu(context: SweepContext, client: MlflowClient, run_id: str, prob
 
 
 def _train_in_run(
-    cfg: TrialSettings, context: SweepContext, client: MlflowClient, run_id: str, device
+    cfg: TrialSettings,
+    twin_cfg: TrialSettings,
+    context: SweepContext,
+    client: MlflowClient,
+    run_id: str,
+    device,
 ) -> None:
     """Data, model and checkpoint, then training and evaluation; the run ends FINISHED
     (divergence is a result), FAILED on an error, or as Tune decides when it stops the trial."""
@@ -385,7 +417,7 @@ def _train_in_run(
         log_data_inputs(cfg, data, client, run_id)
     try:
         runs = SweepRuns(client, context.experiment_id, context.parent_run_id)
-        _train_and_report(cfg, data, state, runs, run_id, context.early_stopping)
+        _train_and_report(cfg, twin_cfg, data, state, runs, run_id, context.early_stopping)
     except TrainingDiverged as err:  # a result, not a crash: keep what was logged, go on
         final = UNMEASURED | {
             names.EPOCH: err.epoch,
@@ -462,6 +494,7 @@ def end_of_trial(client: MlflowClient, run_id: str, trials_run: int, device) -> 
 
 def _train_and_report(
     cfg: TrialSettings,
+    twin_cfg: TrialSettings,
     data: Dataset,
     state: TrainState,
     runs: SweepRuns,
@@ -478,7 +511,7 @@ def _train_and_report(
     for metrics in train(cfg, data, state, early_stopping):
         flags = {}
         if state.epoch == epochs:
-            final, raised = final_evaluation(cfg, data, state, runs, run_id)
+            final, raised = final_evaluation(cfg, data, state, runs, run_id, twin_cfg)
             metrics |= final
             metrics |= names.summary_metrics(metrics)
             flags = {names.FLAGS_REPORT: ", ".join(raised)}  # for the console; not a metric

@@ -1,8 +1,9 @@
 """The transfer attack's source model: a trial's lambda = 0 twin (same architecture, activation,
-defence, seed and shared settings; only lambda differs), trained once per sweep.
+defence, seed and shared settings; only lambda differs, and in a search every setting sampled
+from a range is back at the spec's value: `SweepContext.twin`), trained once per sweep.
 
 Where the twin comes from, in order:
-1. the trial is its own twin (lambda = 0);
+1. the trial is its own twin (lambda = 0 and nothing else sampled away from the spec);
 2. the twin's final weights are already in the store: the grid's own lambda = 0 trial logged
    them (the grid runs lambda ascending, so that trial started first), or another trial trained
    the twin for the sweep and logged it;
@@ -66,11 +67,18 @@ class Twin:
     wait_seconds: float  # time spent waiting for another trial to finish it
 
 
-def transfer_twin(cfg: TrialSettings, data: Dataset, state: TrainState, store: TwinStore) -> Twin:
-    """The trained lambda = 0 twin of this trial (see the module docstring for the order)."""
-    if cfg.lam == 0:
+def transfer_twin(
+    cfg: TrialSettings,
+    twin_cfg: TrialSettings | None,
+    data: Dataset,
+    state: TrainState,
+    store: TwinStore,
+) -> Twin:
+    """The trained twin of this trial (see the module docstring for the order): `twin_cfg`, or
+    by default the trial at lambda = 0."""
+    twin_cfg = twin_cfg or cfg.model_copy(update={"lam": 0.0})
+    if twin_cfg.model_dump() == cfg.model_dump() and twin_cfg.run_name == cfg.run_name:
         return Twin(state.model, 0, 0.0)
-    twin_cfg = cfg.model_copy(update={"lam": 0.0})
     name = twin_cfg.run_name
     per_epoch = state.seconds_trained / max(1, state.epochs_trained)
     limit = WAIT_FLOOR_SECONDS + per_epoch * cfg.training.epochs

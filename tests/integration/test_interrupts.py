@@ -38,6 +38,27 @@ def listed_checkpoints(experiment: Path) -> list[Path]:
             for r in t.run_metadata.checkpoint_manager.best_checkpoint_results]  # fmt: skip
 
 
+def kill_all(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def interrupt(proc, how: str) -> str:
+    """Ctrl-C (SIGINT to the whole group, as a terminal sends it) or SIGTERM to the driver;
+    the sweep must end as interrupted (exit 130). Returns its output."""
+    try:
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        kill_all(proc)
+    assert proc.returncode == 130, out[-3000:]
+    return out
+
+
 def all_runs(client, name):
     exp = client.get_experiment_by_name(name)
     return client.search_runs([exp.experiment_id]) if exp else []
@@ -60,16 +81,10 @@ def test_an_interrupted_sweep_is_killed_not_finished_and_resumes(tmp_path, how):
             "a trial's 40th epoch",
         )
         assert proc.poll() is None, "the sweep ended before the interrupt: the test proves nothing"
-        if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group
-            os.killpg(proc.pid, signal.SIGINT)
-        else:
-            os.kill(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 130, out[-3000:]
+    except BaseException:
+        kill_all(proc)
+        raise
+    out = interrupt(proc, how)
     assert "--resume" in out and "Traceback" not in out
     runs = all_runs(client, name)
     assert runs and "RUNNING" not in {r.info.status for r in runs}
@@ -181,3 +196,57 @@ def test_a_resumed_sweep_counts_each_launchs_own_work_and_shows_the_grids_progre
     launches = client.get_metric_history(parent.info.run_id, "sweep/launch_wall_seconds")
     assert sorted(x.step for x in launches) == [0, 1]
     assert sum(x.value for x in launches) == pytest.approx(m["sweep/wall_seconds"], rel=1e-6)
+
+
+def test_an_interrupted_search_resumes_with_its_searcher_nothing_run_twice_or_lost(tmp_path):
+    """Ctrl-C half way through an Optuna search, then `--resume`: every sampled configuration
+    runs over both seeds exactly once, and the searcher, restored from Tune's snapshot, is told
+    each configuration's mean once."""
+    import pickle
+
+    name = "search-interrupt"
+    spec = slow_spec(name)
+    spec["grid"] = {"architectures": [{"kind": "mlp", "hidden": [32]}], "activations": ["relu"],
+                    "seeds": [0, 1]}  # fmt: skip
+    space = {"lam": {"loguniform": [0.01, 1.0]},
+             "training.optimizer.lr": {"loguniform": [1.0e-3, 1.0e-2]}}  # fmt: skip
+    spec["search"] = {"name": "optuna", "num_samples": 3, "space": space,
+                      "objectives": ["worst_case", "clean_acc"]}  # fmt: skip
+    spec["training"] = {"epochs": 60, "batch_size": 16, "checkpoint_min_seconds": 0,
+                        "penalty": {"warmup_epochs": 5}}  # fmt: skip
+    spec["evaluation"] = FAST_EVAL | {"attacks": ["fgsm", "pgd_ce", "pgd_margin"]}
+    client = write_spec(tmp_path, spec)
+    proc = start(tmp_path)
+    try:
+        wait_for(
+            lambda: len([r for r in trial_runs(client, name) if r.info.status == "FINISHED"]) >= 2,
+            600,
+            "two finished trials",
+        )
+        finished_before = {r.info.run_name for r in trial_runs(client, name)
+                           if r.info.status == "FINISHED"}  # fmt: skip
+        assert proc.poll() is None, "the search ended before the interrupt: the test proves nothing"
+    except BaseException:
+        kill_all(proc)
+        raise
+    interrupt(proc, "ctrl-c")
+    resumed = start(tmp_path, "--resume")
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    runs = trial_runs(client, name)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 6, sorted(r.info.run_name for r in runs)  # none duplicated, none lost
+    assert finished_before <= {r.info.run_name for r in runs}
+    configurations = {}
+    for r in runs:
+        sampled = (r.data.params["lam"], r.data.params["training.optimizer.lr"])
+        configurations.setdefault(sampled, []).append(int(r.data.params["seed"]))
+    assert sorted(map(sorted, configurations.values())) == [[0, 1]] * 3
+    # one state file per launch, named by the launch's start: the resumed launch's sorts last
+    # (Ray's sync rewrites every file of the folder at the end, so their times tell nothing)
+    state = max((tmp_path / "results" / name).glob("searcher-state-*.pkl"))
+    searcher = pickle.loads(state.read_bytes())
+    assert len(searcher["told"]) == 3 and all(v is not None for v in searcher["told"].values())
+    study = searcher["studies"][0]._ot_study
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3

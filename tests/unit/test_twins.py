@@ -69,18 +69,18 @@ def log_final_weights(runs, twin_cfg, digits, run_id) -> torch.nn.Module:
 def test_the_grid_twin_is_reused_not_retrained(runs, setting, digits):
     cfg, state, twin_cfg = setting
     logged = log_final_weights(runs, twin_cfg, digits, trial_run(runs, twin_cfg.run_name))
-    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     assert twin.epochs_trained == 0 and same_weights(twin.model, logged)
 
 
 def test_a_missing_twin_is_trained_once_and_shared(runs, setting, cfg_factory, digits):
     cfg, state, twin_cfg = setting
     first_run = trial_run(runs, cfg.run_name)
-    first = transfer_twin(cfg, digits, state, store(runs, first_run))
+    first = transfer_twin(cfg, None, digits, state, store(runs, first_run))
     assert first.epochs_trained == EPOCHS
     assert runs.client.get_run(first_run).data.tags[TWIN_TAG] == twin_cfg.run_name
     other = cfg.model_copy(update={"lam": 3.0})  # same twin
-    second = transfer_twin(other, digits, state, store(runs, trial_run(runs, other.run_name)))
+    second = transfer_twin(other, None, digits, state, store(runs, trial_run(runs, other.run_name)))
     assert second.epochs_trained == 0 and same_weights(second.model, first.model)
     # seeded: the same model the twin's own trial would have trained
     assert same_weights(first.model, train_twin(twin_cfg, digits))
@@ -97,7 +97,7 @@ def test_a_twin_still_training_is_waited_for(runs, setting, digits):
 
     worker = threading.Thread(target=finish_later)
     worker.start()
-    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     worker.join()
     assert twin.epochs_trained == 0 and twin.wait_seconds >= 2.5
     assert same_weights(twin.model, logged["model"])
@@ -108,7 +108,7 @@ def test_a_twin_that_ended_without_weights_is_trained_here(runs, setting, digits
     stopped = trial_run(runs, twin_cfg.run_name)  # e.g. ASHA stopped it early
     runs.client.set_terminated(stopped, "FINISHED")
     start = time.perf_counter()
-    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     assert twin.epochs_trained == EPOCHS and twin.wait_seconds < POLL_SECONDS  # never polled
     assert time.perf_counter() - start < 60
 
@@ -116,7 +116,7 @@ def test_a_twin_that_ended_without_weights_is_trained_here(runs, setting, digits
 def test_a_lambda_zero_trial_is_its_own_twin(runs, cfg_factory, digits):
     cfg = cfg_factory(lam=0.0, training={"epochs": 1})
     state = trained(cfg, digits)
-    twin = transfer_twin(cfg, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
     assert twin.model is state.model and twin.epochs_trained == 0
 
 
@@ -148,9 +148,9 @@ def test_the_twin_logic_needs_only_a_store(setting, digits, tmp_path):
     cfg, state, twin_cfg = setting
     memory = MemoryStore()
     memory.folder = tmp_path
-    first = transfer_twin(cfg, digits, state, memory)
+    first = transfer_twin(cfg, None, digits, state, memory)
     assert first.epochs_trained == EPOCHS and memory.claims == [twin_cfg.run_name]
-    again = transfer_twin(cfg.model_copy(update={"lam": 3.0}), digits, state, memory)
+    again = transfer_twin(cfg.model_copy(update={"lam": 3.0}), None, digits, state, memory)
     assert again.epochs_trained == 0 and same_weights(again.model, first.model)
     assert same_weights(first.model, train_twin(twin_cfg, digits))
 
