@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(BIN)/satsweep run sweeps/quickstart.yaml
 
+# Two test processes: most of the suite waits on Ray, servers and subprocesses rather than the
+# CPU (one process kept 2 cores 36 % busy). A file's tests stay in one process, so a module's
+# fixture (a whole sweep, say) runs once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -634,12 +634,14 @@ def cmd_server(args) -> int:
 
 def serve_beside_postgres(argv: list[str], env: dict[str, str]) -> int:
     """Run the MLflow server as a child, so that this process, which holds the PostgreSQL
-    started for it, stops PostgreSQL once the server has stopped (Ctrl-C or SIGTERM)."""
+    started for it, stops PostgreSQL once the server has stopped (Ctrl-C or SIGTERM). Killed
+    outright, this process takes the MLflow server with it (`die_with_parent`); PostgreSQL
+    stays up and the next `satsweep server --postgres` on the folder joins it."""
     import signal
 
-    from tracking.server import stop_process_group
+    from tracking.server import die_with_parent, stop_process_group
 
-    server = subprocess.Popen(argv, env=env, start_new_session=True)
+    server = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def stop(signum, frame):
         raise KeyboardInterrupt

@@ -77,6 +77,7 @@ class CellSearch(Searcher):
         self.asked = [0] * len(self.cells)
         self.queue: list[tuple[str, dict]] = []  # (configuration, trial config) to hand out
         self.configuration_of: dict[str, str] = {}  # Tune's trial id -> configuration id
+        self.cell_of: dict[str, int] = {}  # configuration id -> its grid cell
         self.reported: dict[str, dict[str, list[float] | None]] = {}  # configuration -> trials
         self.told: dict[str, list[float] | None] = {}  # configuration -> the means told
 
@@ -131,6 +132,7 @@ class CellSearch(Searcher):
         i = min(open_cells, key=lambda c: (self.asked[c], c))
         configuration = f"{i}-{self.asked[i]}"
         self.asked[i] += 1
+        self.cell_of[configuration] = i
         study = self.studies[i]
         sampled = study.suggest(configuration) if study is not None else {}
         self.reported[configuration] = {}
@@ -143,7 +145,7 @@ class CellSearch(Searcher):
         means = [_nanmean([row[k] for row in rows]) for k in range(len(self.metrics))]
         failed = any(math.isnan(m) for m in means)
         self.told[configuration] = None if failed else means
-        study = self.studies[int(configuration.split("-")[0])]
+        study = self.studies[self.cell_of[configuration]]
         if study is None:
             return
         result = None if failed else dict(zip(self.metrics, means, strict=True))

@@ -94,11 +94,6 @@ class Distribution(Section):
     def bounds(self) -> list:
         return getattr(self, self.kind)
 
-    @property
-    def values(self) -> list:
-        """The values that bound it: its two ends, or every choice (all are checked)."""
-        return self.bounds
-
     def describe(self) -> str:
         if self.kind == "choice":
             return f"one of {self.choice}"
@@ -192,7 +187,7 @@ def check_space(space: dict[str, Distribution], bases: list[TrialSettings], list
                 "add a defence that uses it to grid.defences, or drop it")  # fmt: skip
         _check_type(key, dist, using[0], where)
         for base in using:
-            for value in dist.values:
+            for value in dist.bounds:  # both ends, or every choice
                 _check_value(key, value, base, where, dist.kind == "choice")
 
 

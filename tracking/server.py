@@ -111,7 +111,10 @@ def server_command(
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
             "--artifacts-destination", artifacts, "--serve-artifacts", "--host", host,
             "--port", str(port), "--workers", str(workers)]  # fmt: skip
-    env = dict(os.environ)
+    # MLflow 3's server otherwise starts a pool of job-runner processes (GenAI scorers and
+    # trace rollups, which satsweep never asks for): seven Python processes per server, each
+    # importing MLflow, CPU taken from the trials on a small machine
+    env = dict(os.environ) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     found = credentials()
     if found is None:
         if not is_loopback(f"http://{host}"):
@@ -168,6 +171,19 @@ def ui_page(client, sweep: str | None) -> UiPage:
     # the UI's mode (GenAI or model training) is a browser setting unless the address sets it
     path = f"#/experiments/{chosen.experiment_id}/runs?workflowType=machine_learning"
     return UiPage(path, f"the runs of {chosen.name!r}")
+
+
+def die_with_parent() -> None:
+    """For `Popen(preexec_fn=...)`: the kernel sends the child SIGTERM when the process that
+    started it dies, SIGKILL included (Linux's PR_SET_PDEATHSIG), so a killed parent leaves no
+    server behind holding its port. A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # from <sys/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stop_process_group(server: subprocess.Popen, grace_s: float = 30) -> int:

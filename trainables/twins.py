@@ -77,7 +77,7 @@ def transfer_twin(
     """The trained twin of this trial (see the module docstring for the order): `twin_cfg`, or
     by default the trial at lambda = 0."""
     twin_cfg = twin_cfg or cfg.model_copy(update={"lam": 0.0})
-    if twin_cfg.model_dump() == cfg.model_dump() and twin_cfg.run_name == cfg.run_name:
+    if twin_cfg.run_name == cfg.run_name:  # a name holds every setting a sweep varies
         return Twin(state.model, 0, 0.0)
     name = twin_cfg.run_name
     per_epoch = state.seconds_trained / max(1, state.epochs_trained)

@@ -55,3 +55,30 @@ def test_the_parent_counts_the_epochs_asha_saved(sweep):
     twins = sum(r.data.metrics.get("train/twin_epochs_trained", 0) for r in trials.values())
     assert m["sweep/training_epochs_run"] == own + twins
     assert m["sweep/grid_epochs"] == 8 * EPOCHS and own < m["sweep/grid_epochs"]
+
+
+SEARCH_SPEC = {
+    **SPEC,
+    "name": "it-asha-search",
+    "grid": {"architectures": [{"kind": "mlp", "hidden": [16]}], "activations": ["relu"]},
+    "search": {"name": "optuna", "num_samples": 8, "space": {"lam": {"loguniform": [0.01, 10.0]}}},
+}
+
+
+def test_asha_on_a_search_stops_trials_and_the_study_learns_only_finished_ones(tmp_path):
+    """ASHA over an Optuna search: stopped trials end FINISHED and tagged, and the study is told
+    a final worst case only for configurations that ran every epoch; a stopped one is told as
+    failed (it has no final figure), so TPE neither learns from nor chases a half-trained one."""
+    import pickle
+
+    client, runs, _ = swept(tmp_path, SEARCH_SPEC)
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    stopped = {r.data.params["lam"] for r in runs if r.data.metrics["train/epochs_run"] < EPOCHS}
+    assert stopped, "ASHA stopped no trial: the test exercises nothing"
+    state = max((tmp_path / "results" / SEARCH_SPEC["name"]).glob("searcher-state-*.pkl"))
+    searcher = pickle.loads(state.read_bytes())
+    study = searcher["studies"][0]._ot_study
+    states = {f"{t.params['lam']:g}": t.state.name for t in study.trials}
+    assert len(states) == 8
+    for lam, state_name in states.items():
+        assert state_name == ("FAIL" if lam in {f"{float(s):g}" for s in stopped} else "COMPLETE")

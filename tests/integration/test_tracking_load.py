@@ -4,11 +4,15 @@ trials, and the backend's own tables counted afterwards: nothing lost, nothing w
 also when the server is SIGKILLed and restarted mid-sweep, and when PostgreSQL behind a running
 server is. The full sizes run in `make bench` (benchmarks/tracking_load.py)."""
 
+import contextlib
 import os
 import signal
+import socket
 import time
 
+import psutil
 import pytest
+from mlflow.tracking import MlflowClient
 
 from benchmarks.tracking_load import METRICS, counted, drive
 from benchmarks.tracking_server import start_server, wait_healthy
@@ -116,3 +120,46 @@ def test_many_writers_and_restarts_lose_nothing(tmp_path, postgres, backend):
         for p in servers:
             if p.poll() is None:
                 stop_process_group(p, grace_s=60)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.faults
+def test_a_killed_postgres_server_takes_its_mlflow_server_along(tmp_path, postgres):
+    """SIGKILL to the `satsweep server --postgres` process alone (not its group, as `kill PID`
+    would): its MLflow server stops too, freeing the port, and a new `satsweep server` on the
+    same folder and port joins the PostgreSQL still running and serves what was logged."""
+    store, _ = stores(tmp_path, postgres)["postgresql"]
+    first, url = start_server(tmp_path, None, store)
+    port = int(url.rsplit(":", 1)[1])
+    servers, children = [first], []
+    try:
+        wait_healthy(first, url)
+        experiment = MlflowClient(url).create_experiment(f"kept-{port}")
+        children = [c for c in psutil.Process(first.pid).children(recursive=True)
+                    if "postgres" not in c.name()]  # the module's PostgreSQL stays  # fmt: skip
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        deadline = time.monotonic() + 120
+        while not port_is_free(port):
+            assert time.monotonic() < deadline, "the MLflow server outlived its killed parent"
+            time.sleep(0.2)
+        again, _ = start_server(tmp_path, None, store, port=port)
+        servers.append(again)
+        wait_healthy(again, url)
+        assert MlflowClient(url).get_experiment(experiment).name == f"kept-{port}"
+    finally:
+        for p in servers:
+            if p.poll() is None:
+                stop_process_group(p, grace_s=60)
+        for child in children:  # left only when the MLflow server outlived its parent
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

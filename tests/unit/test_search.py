@@ -207,11 +207,17 @@ def test_a_sampled_trial_carries_its_values_in_settings_and_name_and_its_twin_do
 
 def test_chosen_settings_stay_in_the_twin_and_ranged_ones_go_back():
     raw = spec_with(space={"lam": {"loguniform": [0.1, 1.0]},
+                           "training.optimizer.lr": {"loguniform": [1e-4, 1e-2]},
                            "training.optimizer.name": {"choice": ["adam", "sgd"]}})  # fmt: skip
     spec = parse_spec(raw)
     context = context_for(spec)
-    config = {"arch": "mlp-16", "activation": "relu", "defence": "pgd-e0.1-k5-a0.05", "seed": 0,
-              "lam": 0.5, "training.optimizer.name": "sgd"}  # fmt: skip
-    twin = context.twin(config)
+    cell = {"arch": "mlp-16", "activation": "relu", "defence": "pgd-e0.1-k5-a0.05", "seed": 0}
+    one = {**cell, "lam": 0.5, "training.optimizer.lr": 4e-3, "training.optimizer.name": "sgd"}
+    other = {**one, "lam": 0.2, "training.optimizer.lr": 2e-4}
+    twin = context.twin(one)
     assert twin.training.optimizer.name == "sgd" and twin.lam == 0
-    assert not math.isclose(context.trial(config).lam, twin.lam)
+    assert math.isclose(twin.training.optimizer.lr, spec.training.optimizer.lr)
+    assert not math.isclose(context.trial(one).training.optimizer.lr, twin.training.optimizer.lr)
+    # two configurations differing only in ranged settings share one twin
+    assert context.twin(other).run_name == twin.run_name
+    assert context.twin({**one, "training.optimizer.name": "adam"}).run_name != twin.run_name
