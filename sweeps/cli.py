@@ -258,12 +258,13 @@ def _print_search(spec) -> None:
     from sweeps.spec import search_cells
 
     s = spec.search
-    sampler = "Optuna's TPE" if s.name == "optuna" else "at random (Optuna's RandomSampler)"
+    sampler = {"tpe": "by Optuna's TPE", "gp": "by Optuna's Gaussian process (GPSampler)"}
+    by = sampler[s.sampler] if s.name == "optuna" else "at random (Optuna's RandomSampler)"
     objectives = " and ".join(s.objectives)
     front = "their Pareto front" if len(s.objectives) > 1 else "one objective"
     seeds = list(spec.grid.seeds)
     print(
-        f"search {s.name}: sampled {sampler}, seed {s.seed}, maximising {objectives} "
+        f"search {s.name}: sampled {by}, seed {s.seed}, maximising {objectives} "
         f"({front}), each configuration over seeds {seeds}, the searcher told their mean"
     )
     for key, dist in s.space.items():

@@ -29,12 +29,13 @@ import numpy as np
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.space import cell_space
+from sweeps.space import SearchSettings, cell_space
 from sweeps.spec import SweepSpec, search_cells
 from tracking import metric_names as names
 
-# TPE draws at random until a study has this many finished configurations (Optuna's default is
-# 10, more than a cell of a small search ever gets); a third of the cell's budget, at least 2
+# TPE and the GP draw at random until a study has this many finished configurations (Optuna's
+# default is 10, more than a cell of a small search ever gets); a third of the cell's budget,
+# at least 2
 STARTUP_SHARE = 1 / 3
 
 
@@ -50,12 +51,16 @@ def objective_metrics(spec: SweepSpec) -> list[str]:
     return [by_name[o] for o in spec.search.objectives]
 
 
-def sampler(name: str, seed: int, samples: int):
+def sampler(search: SearchSettings, seed: int, samples: int):
+    """The cell's Optuna sampler. A cell's study runs as many configurations at once as the
+    sweep has slots; the GP picks such a batch greedily (its q-batch acquisition)."""
     import optuna
 
-    if name == "random":
+    if search.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = max(2, math.ceil(samples * STARTUP_SHARE))
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
@@ -90,7 +95,7 @@ class CellSearch(Searcher):
             space={key: dist.tune_domain() for key, dist in space.items()},
             metric=self.metrics if many else self.metrics[0],
             mode=["max"] * len(self.metrics) if many else "max",
-            sampler=sampler(spec.search.name, spec.search.seed + index, self.samples[index]),
+            sampler=sampler(spec.search, spec.search.seed + index, self.samples[index]),
         )
 
     # ---- Tune's side --------------------------------------------------------------------

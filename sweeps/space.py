@@ -52,9 +52,6 @@ NOT_SAMPLED = {
     "defence.overfit_steps": ("the overfitting watch is a measurement", "set it in grid.defences"),
     "defence.overfit_drop": ("the overfitting watch is a measurement", "set it in grid.defences"),
 }  # fmt: skip
-# defence settings a kind does not read: sampling them there would run one recipe twice
-UNUSED_BY = {"none": {"*"}, "fgsm_rs": {"defence.steps", "defence.beta"},
-             "pgd": {"defence.beta"}, "trades": set()}  # fmt: skip
 
 
 class Distribution(Section):
@@ -113,17 +110,28 @@ class Distribution(Section):
 
 
 class SearchSettings(Section):
-    """How a sweep chooses its trials: `grid` lists them; `random` and `optuna` (TPE, on one or
-    two objectives) sample `space` for every grid cell, `num_samples` configurations per cell,
-    each over every seed of `grid.seeds`, the searcher told the mean over the seeds."""
+    """How a sweep chooses its trials: `grid` lists them; `random` and `optuna` (on one or two
+    objectives) sample `space` for every grid cell, `num_samples` configurations per cell,
+    each over every seed of `grid.seeds`, the searcher told the mean over the seeds. An optuna
+    search draws with `sampler`: `tpe` (Optuna's TPESampler) or `gp` (its GPSampler, Gaussian
+    process Bayesian optimisation, which Optuna recommends for budgets of 10 to 100 trials)."""
 
     name: Literal["grid", "random", "optuna"] = "grid"
+    sampler: Literal["tpe", "gp"] | None = None  # optuna only; tpe when not given
     num_samples: int = Field(8, ge=1, le=100_000, **fix("use e.g. 8 configurations per cell"))
     seed: int = Field(0, ge=0, le=2**31 - 1, **fix("use a seed >= 0"))
     # what the searcher maximises: the final cheap-tier worst case at selection.eps and/or clean
     # accuracy; two objectives search their Pareto front
     objectives: list[Literal[OBJECTIVES]] = Field(["worst_case"], min_length=1, max_length=2)  # type: ignore[valid-type]
     space: dict[str, Distribution] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optuna_draws_by_tpe_unless_told(cls, data: Any) -> Any:
+        """Filled in here, not left None, so the sweep's params say which sampler drew."""
+        if isinstance(data, dict) and data.get("name") == "optuna" and "sampler" not in data:
+            return {**data, "sampler": "tpe"}
+        return data
 
     @model_validator(mode="after")
     def _space_fits_the_name(self) -> SearchSettings:
@@ -140,6 +148,9 @@ class SearchSettings(Section):
             require(bool(self.space), "space", f"is empty, so search.name {self.name} has "
                     "nothing to sample", "add e.g. `lam: {loguniform: [0.01, 100]}`, or use "
                     "search.name: grid")  # fmt: skip
+        require(self.sampler is None or self.name == "optuna", "sampler",
+                f"is set while search.name is {self.name}, which has no sampler to choose",
+                "set search.name: optuna, or drop it")  # fmt: skip
         return self
 
     @property
@@ -236,9 +247,9 @@ def _check_value(key: str, value: Any, base: TrialSettings, where: str, chosen: 
 
 
 def unused_by(defence: DefenceSettings, key: str) -> bool:
-    """Does a defence of this kind ignore `key`? (Then its cell does not sample it.)"""
-    unused = UNUSED_BY[defence.kind]
-    return key.startswith("defence.") and ("*" in unused or key in unused)
+    """Does a defence of this kind ignore `key`? (Then its cell does not sample it: sampling
+    it there would run one recipe twice under two names.)"""
+    return key.startswith("defence.") and not defence.reads(key.removeprefix("defence."))
 
 
 def cell_space(space: dict[str, Distribution], defence: DefenceSettings) -> dict[str, Distribution]:

@@ -29,6 +29,10 @@ MLFLOW_QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     # a progress bar per artifact download, drawn once tqdm is installed (Optuna brings it)
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow 3's server and `mlflow ui` otherwise start a pool of job-runner processes (GenAI
+    # scorers and trace rollups, which satsweep never asks for): seven Python processes per
+    # server, each importing MLflow, CPU taken from the trials on a small machine
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 
 # MLflow's own tag names, spelled out: importing mlflow (a second) only to name two tags would

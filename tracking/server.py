@@ -111,10 +111,7 @@ def server_command(
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
             "--artifacts-destination", artifacts, "--serve-artifacts", "--host", host,
             "--port", str(port), "--workers", str(workers)]  # fmt: skip
-    # MLflow 3's server otherwise starts a pool of job-runner processes (GenAI scorers and
-    # trace rollups, which satsweep never asks for): seven Python processes per server, each
-    # importing MLflow, CPU taken from the trials on a small machine
-    env = dict(os.environ) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = dict(os.environ)  # carries MLFLOW_QUIET_ENV, which the CLI set at start
     found = credentials()
     if found is None:
         if not is_loopback(f"http://{host}"):

@@ -188,6 +188,9 @@ class TrainingSettings(Section):
 
 
 DEFENCES = ("none", "fgsm_rs", "pgd", "trades")
+# the settings of a defence its kind ignores (`none` ignores them all): run names leave them
+# out, and a search does not sample them
+IGNORED_BY_KIND = {"fgsm_rs": {"steps", "beta"}, "pgd": {"beta"}, "trades": set()}
 
 
 class DefenceSettings(Section):
@@ -231,16 +234,20 @@ class DefenceSettings(Section):
             return self.step_size
         return 1.25 * self.eps if self.kind == "fgsm_rs" else 2.5 * self.eps / self.steps
 
+    def reads(self, name: str) -> bool:
+        """Does a defence of this kind use its setting `name`?"""
+        return self.kind != "none" and name not in IGNORED_BY_KIND[self.kind]
+
     @property
     def label(self) -> str:
         """Short and unique within a grid: it goes into run names."""
         if self.kind == "none":
             return "none"
         parts = [self.kind, f"e{self.eps:.3g}"]
-        if self.kind != "fgsm_rs":
+        if self.reads("steps"):
             parts.append(f"k{self.steps}")
         parts.append(f"a{self.alpha:.3g}")
-        if self.kind == "trades":
+        if self.reads("beta"):
             parts.append(f"b{self.beta:.3g}")
         if self.warmup_epochs:
             parts.append(f"w{self.warmup_epochs}")

@@ -69,14 +69,13 @@ class Twin:
 
 def transfer_twin(
     cfg: TrialSettings,
-    twin_cfg: TrialSettings | None,
+    twin_cfg: TrialSettings,
     data: Dataset,
     state: TrainState,
     store: TwinStore,
 ) -> Twin:
-    """The trained twin of this trial (see the module docstring for the order): `twin_cfg`, or
-    by default the trial at lambda = 0."""
-    twin_cfg = twin_cfg or cfg.model_copy(update={"lam": 0.0})
+    """The trained twin of this trial (see the module docstring for the order): `twin_cfg`, in
+    a sweep `SweepContext.twin` of the trial."""
     if twin_cfg.run_name == cfg.run_name:  # a name holds every setting a sweep varies
         return Twin(state.model, 0, 0.0)
     name = twin_cfg.run_name

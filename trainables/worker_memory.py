@@ -39,6 +39,7 @@ ATTACK_HEAP_FACTOR = 1200
 FLOAT32_BYTES = 4
 
 _trials_run = 0  # trials and audits this worker process has run: the only state kept on purpose
+_frozen = False  # the objects alive after the first release are out of the collector's sight
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,21 @@ def _libc():
 
 def release_freed_memory() -> None:
     """Collect reference cycles (tensors held by closures, generators, autograd graphs), then
-    hand every free heap page back to the operating system."""
+    hand every free heap page back to the operating system.
+
+    After the first trial, what survived its collection is frozen out of later ones
+    (`gc.freeze`): the imported libraries are some 760,000 objects, and a full collection over
+    them took 0.35 s per trial, a third of a near-empty trial's worker time, and more as
+    torch.export's symbolic-shape state from each trial's model export piles up in torch's own
+    caches (measured: 850 objects a trial; the worker's collection then passed 1 s a trial within
+    2,500 trials). Frozen, the collection scans only what came after: 0.006 s after the second
+    trial, 0.04 s after the 85th. What it costs: an object alive at the first trial's end that
+    later becomes cyclic garbage is never collected, at most one trial's leftovers once."""
+    global _frozen
     gc.collect()
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -114,6 +114,14 @@ def test_a_grid_search_samples_nothing_and_a_sampled_one_needs_a_space():
 
 
 @pytest.mark.faults
+def test_a_sampler_belongs_to_an_optuna_search_only():
+    err = refusal(spec_with(name="random", sampler="gp"))
+    assert err.where.endswith("search.sampler") and "search.name: optuna" in err.fix
+    assert "search.sampler" in refusal(spec_with(sampler="bayes")).where
+    assert parse_spec(SEARCH).search.sampler == "tpe"  # what an optuna search draws by
+
+
+@pytest.mark.faults
 def test_a_defence_setting_no_defence_reads_is_refused():
     raw = spec_with(space={"lam": {"uniform": [0.0, 1.0]}, "defence.beta": {"uniform": [1.0, 2.0]}})
     raw["grid"]["defences"] = [{"kind": "pgd", "eps": 0.1, "steps": 5}]
@@ -221,3 +229,39 @@ def test_chosen_settings_stay_in_the_twin_and_ranged_ones_go_back():
     # two configurations differing only in ranged settings share one twin
     assert context.twin(other).run_name == twin.run_name
     assert context.twin({**one, "training.optimizer.name": "adam"}).run_name != twin.run_name
+
+
+def gp_searcher_told(spec, objective) -> CellSearch:
+    """A GP search through its random start, each configuration told `objective(lam)`."""
+    searcher = CellSearch(spec, "clean_acc")
+    (robust,) = objective_metrics(spec)
+    for i in range(3):  # the random start: a third of 9 samples
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {robust: objective(config["lam"])})
+    return searcher
+
+
+def test_a_gaussian_process_search_proposes_from_what_it_was_told_and_pickles_whole(tmp_path):
+    """Past its random start the GP's proposals depend on the figures told (the same figures,
+    the same proposal; others, another), and a searcher saved after the fit goes on exactly as
+    the original."""
+    raw = spec_with(sampler="gp", num_samples=9, objectives=["worst_case"])
+    raw["grid"]["defences"], raw["grid"]["seeds"] = [raw["grid"]["defences"][0]], [0]
+    del raw["search"]["space"]["defence.beta"]
+    spec = parse_spec(raw)
+
+    def near_one(lam):
+        return 1.0 - abs(math.log10(lam)) / 2
+
+    def large(lam):
+        return math.log10(lam) / 4 + 0.5
+
+    first = gp_searcher_told(spec, near_one)
+    assert type(first.studies[0]._ot_study.sampler).__name__ == "GPSampler"
+    first.save(str(tmp_path / "state.pkl"))
+    proposal = first.suggest("t3")
+    assert gp_searcher_told(spec, near_one).suggest("t3") == proposal
+    assert gp_searcher_told(spec, large).suggest("t3") != proposal
+    again = CellSearch(spec, "clean_acc")
+    again.restore(str(tmp_path / "state.pkl"))
+    assert again.suggest("t3") == proposal

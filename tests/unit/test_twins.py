@@ -46,6 +46,18 @@ def trained(cfg, digits):
     return state
 
 
+def at_zero(cfg):
+    """The twin a grid gives a trial: the same settings at lambda = 0."""
+    return cfg.model_copy(update={"lam": 0.0})
+
+
+def grid_twin(cfg, runs, digits, state):
+    """`transfer_twin` as a grid trial calls it, from a run of its own."""
+    return transfer_twin(
+        cfg, at_zero(cfg), digits, state, store(runs, trial_run(runs, cfg.run_name))
+    )
+
+
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     return all(torch.equal(x, y) for x, y in pairs)
@@ -55,7 +67,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def setting(cfg_factory, digits):
     """A lambda = 1 trial that has finished training, and its twin's settings."""
     cfg = cfg_factory(lam=1.0, training={"epochs": EPOCHS})
-    return cfg, trained(cfg, digits), cfg.model_copy(update={"lam": 0.0})
+    return cfg, trained(cfg, digits), at_zero(cfg)
 
 
 def log_final_weights(runs, twin_cfg, digits, run_id) -> torch.nn.Module:
@@ -69,18 +81,18 @@ def log_final_weights(runs, twin_cfg, digits, run_id) -> torch.nn.Module:
 def test_the_grid_twin_is_reused_not_retrained(runs, setting, digits):
     cfg, state, twin_cfg = setting
     logged = log_final_weights(runs, twin_cfg, digits, trial_run(runs, twin_cfg.run_name))
-    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = grid_twin(cfg, runs, digits, state)
     assert twin.epochs_trained == 0 and same_weights(twin.model, logged)
 
 
 def test_a_missing_twin_is_trained_once_and_shared(runs, setting, cfg_factory, digits):
     cfg, state, twin_cfg = setting
     first_run = trial_run(runs, cfg.run_name)
-    first = transfer_twin(cfg, None, digits, state, store(runs, first_run))
+    first = transfer_twin(cfg, at_zero(cfg), digits, state, store(runs, first_run))
     assert first.epochs_trained == EPOCHS
     assert runs.client.get_run(first_run).data.tags[TWIN_TAG] == twin_cfg.run_name
     other = cfg.model_copy(update={"lam": 3.0})  # same twin
-    second = transfer_twin(other, None, digits, state, store(runs, trial_run(runs, other.run_name)))
+    second = grid_twin(other, runs, digits, state)
     assert second.epochs_trained == 0 and same_weights(second.model, first.model)
     # seeded: the same model the twin's own trial would have trained
     assert same_weights(first.model, train_twin(twin_cfg, digits))
@@ -97,7 +109,7 @@ def test_a_twin_still_training_is_waited_for(runs, setting, digits):
 
     worker = threading.Thread(target=finish_later)
     worker.start()
-    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = grid_twin(cfg, runs, digits, state)
     worker.join()
     assert twin.epochs_trained == 0 and twin.wait_seconds >= 2.5
     assert same_weights(twin.model, logged["model"])
@@ -108,7 +120,7 @@ def test_a_twin_that_ended_without_weights_is_trained_here(runs, setting, digits
     stopped = trial_run(runs, twin_cfg.run_name)  # e.g. ASHA stopped it early
     runs.client.set_terminated(stopped, "FINISHED")
     start = time.perf_counter()
-    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = grid_twin(cfg, runs, digits, state)
     assert twin.epochs_trained == EPOCHS and twin.wait_seconds < POLL_SECONDS  # never polled
     assert time.perf_counter() - start < 60
 
@@ -116,7 +128,7 @@ def test_a_twin_that_ended_without_weights_is_trained_here(runs, setting, digits
 def test_a_lambda_zero_trial_is_its_own_twin(runs, cfg_factory, digits):
     cfg = cfg_factory(lam=0.0, training={"epochs": 1})
     state = trained(cfg, digits)
-    twin = transfer_twin(cfg, None, digits, state, store(runs, trial_run(runs, cfg.run_name)))
+    twin = grid_twin(cfg, runs, digits, state)
     assert twin.model is state.model and twin.epochs_trained == 0
 
 
@@ -148,9 +160,10 @@ def test_the_twin_logic_needs_only_a_store(setting, digits, tmp_path):
     cfg, state, twin_cfg = setting
     memory = MemoryStore()
     memory.folder = tmp_path
-    first = transfer_twin(cfg, None, digits, state, memory)
+    first = transfer_twin(cfg, at_zero(cfg), digits, state, memory)
     assert first.epochs_trained == EPOCHS and memory.claims == [twin_cfg.run_name]
-    again = transfer_twin(cfg.model_copy(update={"lam": 3.0}), None, digits, state, memory)
+    other = cfg.model_copy(update={"lam": 3.0})  # same twin
+    again = transfer_twin(other, at_zero(other), digits, state, memory)
     assert again.epochs_trained == 0 and same_weights(again.model, first.model)
     assert same_weights(first.model, train_twin(twin_cfg, digits))
 
