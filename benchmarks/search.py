@@ -2,7 +2,8 @@
 a log scale) run as its full grid and as random and Optuna searches with half the grid's trials
 over the same ranges, each launched as a user launches it (`satsweep run`, local Ray, SQLite).
 
-Rows: for each search, the audited worst case at eps 0.1 of the champion the selection rule
+Rows: for each search (random, Optuna's TPE as `optuna`, Optuna's Gaussian process as
+`optuna gp`), the audited worst case at eps 0.1 of the champion the selection rule
 crowns, over the grid champion's (target for Optuna: within 1 point, ratio >= 1 - 0.01 /
 grid's), and the trial-epochs each spent over the grid's (target <= 0.5). A search's figure is
 its mean over SEARCH_SEEDS searcher seeds (each row lists them): which configurations one seed
@@ -50,12 +51,20 @@ SPACE = {
 }
 
 
-def search_spec(name: str, seed: int) -> dict:
+# each search as its spec's search section says it, under the name its rows carry
+SEARCHES = {
+    "random": {"name": "random"},
+    "optuna": {"name": "optuna", "sampler": "tpe"},
+    "optuna gp": {"name": "optuna", "sampler": "gp"},
+}
+
+
+def search_spec(label: str, seed: int) -> dict:
     spec = copy.deepcopy(GRID_SPEC)
     del spec["grid"]["lambdas"]
-    spec["name"] = f"{name}-seed{seed}"
+    spec["name"] = f"{label.replace(' ', '-')}-seed{seed}"
     trials = len(LAMBDAS) * len(RATES) // 2
-    spec["search"] = {"name": name, "num_samples": trials, "seed": seed, "space": SPACE}
+    spec["search"] = SEARCHES[label] | {"num_samples": trials, "seed": seed, "space": SPACE}
     return spec
 
 
@@ -94,7 +103,7 @@ def run() -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         grid_best, grid_epochs = grid_sweeps(Path(tmp))
-        for name in ("random", "optuna"):
+        for name in SEARCHES:
             runs = [swept(Path(tmp), search_spec(name, seed)) for seed in SEARCH_SEEDS]
             found = [audited for (_, audited), _ in runs]
             spent = [epochs for _, epochs in runs]
