@@ -39,7 +39,6 @@ ATTACK_HEAP_FACTOR = 1200
 FLOAT32_BYTES = 4
 
 _trials_run = 0  # trials and audits this worker process has run: the only state kept on purpose
-_frozen = False  # the objects alive after the first release are out of the collector's sight
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,9 @@ def release_freed_memory() -> None:
     2,500 trials). Frozen, the collection scans only what came after: 0.006 s after the second
     trial, 0.04 s after the 85th. What it costs: an object alive at the first trial's end that
     later becomes cyclic garbage is never collected, at most one trial's leftovers once."""
-    global _frozen
     gc.collect()
-    if not _frozen:
+    if gc.get_freeze_count() == 0:  # the first release in this process
         gc.freeze()
-        _frozen = True
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
