@@ -6,8 +6,8 @@ Reported per trial, as ratios large against small: the driver's CPU seconds, the
 seconds, the snapshot seconds; and the driver's peak memory. A ratio near 1 is linear growth;
 one that grows with the trial count is what made users' drivers crawl at a few thousand trials.
 
-At 5,000 trials this is the longest benchmark: about two hours on 2 cores (a run here reached
-2,242 trials in 55 minutes, 1.33 s of wall per trial by then against 0.96 s at 100). `python -m
+At 5,000 trials this is the longest benchmark: 40 minutes on 2 cores (0.46 s of wall per
+trial against 0.55 s at 100, once the workers' collections stopped growing). `python -m
 benchmarks.driver_scale N FOLDER [CHECKPOINT_MIN_SECONDS]` runs one size and prints its figures
 (0: a checkpoint every epoch, as before `training.checkpoint_min_seconds`)."""
 

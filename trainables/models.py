@@ -69,12 +69,3 @@ class SaturatingNet(nn.Module):
         layers.update({f"dense{i + 1}": m for i, m in enumerate(self.dense)})
         layers["out"] = self.out
         return layers
-
-
-def export_program(model: SaturatingNet, input_shape: tuple[int, int, int]):
-    """A `torch.export` program of the classifier: float32 N x C x H x W in [0, 1] -> logits,
-    with a dynamic batch dimension; loadable with `torch.export.load(path).module()` by a
-    process that has only torch (TorchScript is deprecated upstream)."""
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    example = torch.rand(2, *input_shape, device=next(model.parameters()).device)
-    return torch.export.export(model.eval(), (example,), dynamic_shapes={"x": {0: batch}})

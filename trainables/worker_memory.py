@@ -65,22 +65,31 @@ def _libc():
 
 def release_freed_memory() -> None:
     """Collect reference cycles (tensors held by closures, generators, autograd graphs), then
-    hand every free heap page back to the operating system.
-
-    After the first trial, what survived its collection is frozen out of later ones
-    (`gc.freeze`): the imported libraries are some 760,000 objects, and a full collection over
-    them took 0.35 s per trial, a third of a near-empty trial's worker time, and more as
-    torch.export's symbolic-shape state from each trial's model export piles up in torch's own
-    caches (measured: 850 objects a trial; the worker's collection then passed 1 s a trial within
-    2,500 trials). Frozen, the collection scans only what came after: 0.006 s after the second
-    trial, 0.04 s after the 85th. What it costs: an object alive at the first trial's end that
-    later becomes cyclic garbage is never collected, at most one trial's leftovers once."""
+    hand every free heap page back to the operating system. The collection scans only what
+    this trial made: `begin_trial` froze everything older."""
     gc.collect()
-    if gc.get_freeze_count() == 0:  # the first release in this process
-        gc.freeze()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def freeze_survivors() -> None:
+    """Collect, then freeze what survived out of every later collection (`gc.freeze`), so a
+    trial's collections scan only the objects it makes itself.
+
+    Run at a trial's start, when the previous trial has returned and its garbage is gone, what
+    survives is the imported libraries (some 760,000 objects: a full collection over them took
+    0.35 s per trial, a third of a near-empty trial's worker time) and what torch keeps for good
+    from each trial's model export (about 290 objects, held through C++ references no
+    collection can break: measured with torch 2.14). Frozen once, as before, those leftovers
+    piled up unfrozen and the collection at each trial's end grew with the trials the worker had
+    run: 0.45 s of wall per trial around trial 800, 0.70 around 2,350. Frozen at every start,
+    the collection costs what one trial made. What it costs: an object alive at a trial's start
+    that later becomes cyclic garbage (Tune's own per-trial objects, made before the trial
+    function runs) is never collected; `benchmarks/worker_memory.py` measures what a worker
+    carries across trials."""
+    gc.collect()
+    gc.freeze()
 
 
 def reset_peak() -> None:
@@ -105,10 +114,12 @@ def read_memory() -> MemoryReading | None:
 
 
 def begin_trial() -> int:
-    """Count this trial and start its peak; returns how many this process has run, this one
+    """Count this trial, freeze what came before it out of its collections and start its
+    peak; returns how many this process has run, this one
     included (1 in a fresh worker)."""
     global _trials_run
     _trials_run += 1
+    freeze_survivors()
     reset_peak()
     return _trials_run
 
