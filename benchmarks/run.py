@@ -6,6 +6,7 @@ results.json, keeping the others' (each row says the machine it was measured on)
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from benchmarks import (
     worker_memory,
 )
 from sweeps.console import quiet_libraries
+from tracking.runs import MLFLOW_QUIET_ENV
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -40,6 +42,7 @@ def main(only: list[str]) -> None:
     if unknown:
         sys.exit(f"no benchmark named {', '.join(unknown)}; choose from {', '.join(MODULES)}")
     quiet_libraries(verbose=False)  # MLflow's INFO lines as the benchmark stores are made
+    os.environ.update(MLFLOW_QUIET_ENV)  # as the CLI does: no download bar per artifact read
     results = []
     for name, module in MODULES.items():
         if not only or name in only:
