@@ -65,9 +65,11 @@ class Load:
 def write_like_a_trial(url: str, experiment_id: str, index: int, epochs: int, pause: float,
                        ready, start, out) -> None:  # fmt: skip
     """One writer: a run logged the way a trial logs it, timing each epoch's log_batch."""
+    from tracking.http_retry import retry_cut_off_responses
     from tracking.runs import MLFLOW_QUIET_ENV
 
     os.environ.update(MLFLOW_QUIET_ENV)  # as in a trial's worker (sweeps/cluster.py, WORKER_ENV)
+    retry_cut_off_responses()  # as every trial does (trainables/trainable.py)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
