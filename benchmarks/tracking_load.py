@@ -69,7 +69,7 @@ def write_like_a_trial(url: str, experiment_id: str, index: int, epochs: int, pa
     from tracking.runs import MLFLOW_QUIET_ENV
 
     os.environ.update(MLFLOW_QUIET_ENV)  # as in a trial's worker (sweeps/cluster.py, WORKER_ENV)
-    retry_cut_off_responses()  # as every trial does (trainables/trainable.py)
+    retry_cut_off_responses()  # as every worker of a sweep does (sweeps/cluster.py)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 

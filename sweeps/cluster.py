@@ -10,6 +10,7 @@ import ray
 
 from sweeps.preflight import storage_uri
 from sweeps.spec import SweepSpec
+from tracking.http_retry import retry_cut_off_responses
 from tracking.runs import MLFLOW_QUIET_ENV
 
 # Tune waits this long for a stopped trial's function thread before it reuses the worker for
@@ -17,6 +18,9 @@ from tracking.runs import MLFLOW_QUIET_ENV
 # reset_config()..." whenever a stopped trial's cleanup, freeing memory and logging, runs longer,
 # as it can on a loaded machine); the wait ends as soon as the thread does
 WORKER_ENV = {"TUNE_FUNCTION_THREAD_TIMEOUT_S": "120", **MLFLOW_QUIET_ENV}
+# what every worker process of a sweep runs as it starts, before any trial or audit: MLflow's
+# calls send a request again whose answer the tracking server cut off (tracking/http_retry.py)
+WORKER_SETUP = f"{retry_cut_off_responses.__module__}.{retry_cut_off_responses.__name__}"
 
 
 def connect_ray(address: str | None, verbose: bool = False) -> None:
@@ -24,11 +28,13 @@ def connect_ray(address: str | None, verbose: bool = False) -> None:
     instance without its dashboard (faster on small machines; nothing listens beyond Ray's own
     ports): `address="local"`, because with no address Ray joins whatever cluster `ray start`
     last left on this machine. Workers' own output reaches the console only when `verbose`."""
+    retry_cut_off_responses()  # the driver's own MLflow calls, as its workers'
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR",
-             "runtime_env": {"env_vars": WORKER_ENV}}  # fmt: skip
+             "runtime_env": {"env_vars": WORKER_ENV,
+                             "worker_process_setup_hook": WORKER_SETUP}}  # fmt: skip
     if address:
         ray.init(address=address, **quiet)
     else:

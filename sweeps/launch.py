@@ -36,7 +36,6 @@ from sweeps.spec import SweepSpec
 from sweeps.tuner import CloseRuns, LaunchClock, fit, tune_metric
 from sweeps.worker_deaths import survive_killed_workers
 from tracking import metric_names as names
-from tracking.http_retry import retry_cut_off_responses
 from tracking.record import SweepRecord
 from tracking.report import write_report
 from tracking.runs import code_version, ensure_experiment, redact_uri
@@ -133,7 +132,6 @@ def run_sweep(
         with interrupts_stop_the_sweep() as interrupts:
             check_on_the_cluster(spec, storage_path, tracking_uri, resume)
             header(spec, tracking_uri)
-            retry_cut_off_responses()  # the sweep run's calls, as every trial's
             with store_lock(tracking_uri):  # two new sweeps must not both create the schema
                 client = MlflowClient(tracking_uri)  # MLflow opens (and may create) the store
                 opened = open_sweep_run(spec, spec_text, client, tracking_uri, resume)

@@ -20,7 +20,9 @@ ATTEMPTS = 3  # each one itself waits through MLflow's retries while the server 
 
 def retry_cut_off_responses() -> None:
     """Make this process's MLflow REST calls send a request again when its response was cut
-    off mid-body. Idempotent: call it wherever a process starts logging."""
+    off mid-body. Idempotent. The driver calls it as it connects to Ray, and every Ray worker
+    of the sweep runs it as it starts (`sweeps.cluster`, the job's `worker_process_setup_hook`),
+    so a trial or an audit never logs without it."""
     import requests
     from mlflow.utils import rest_utils
 
@@ -30,13 +32,12 @@ def retry_cut_off_responses() -> None:
 
     @functools.wraps(send)
     def send_until_whole(*args, **kwargs):
-        for attempt in range(ATTEMPTS):
+        for _ in range(ATTEMPTS - 1):
             try:
                 return send(*args, **kwargs)
             except requests.exceptions.ChunkedEncodingError:
-                if attempt == ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+                pass
+        return send(*args, **kwargs)  # the last attempt's error is the call's
 
     send_until_whole.retries_cut_off_responses = True
     rest_utils._get_http_response_with_retries = send_until_whole

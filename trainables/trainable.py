@@ -29,7 +29,6 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tracking import metric_names as names
-from tracking.http_retry import retry_cut_off_responses
 from tracking.per_example import PER_EXAMPLE_ARTIFACT
 from tracking.runs import (
     AUDITED_TAG,
@@ -289,7 +288,6 @@ def audit_trial(
     (`audit.audit_attacks`, `evaluate.merge_audit`), logged into the trial's own run."""
     start = time.perf_counter()
     begin_trial()
-    retry_cut_off_responses()
     try:
         return _audit_in_run(config, context, checkpoint, run_id) | {
             AUDIT_SECONDS: time.perf_counter() - start
@@ -344,7 +342,6 @@ def run_trial(config: dict, context: SweepContext) -> None:
     """One trial in its MLflow run; the worker gives back what the trial freed when it ends,
     because Tune runs the next trial in this same process."""
     trials_run = begin_trial()  # first: what this trial makes stays out of the frozen set
-    retry_cut_off_responses()  # a tracking server killed mid-answer must not fail the trial
     cfg = context.trial(config)
     # Ray logs a line per checkpoint; with one checkpoint per epoch that drowns the progress table.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)

@@ -2,7 +2,8 @@
 
 A real HTTP server on 127.0.0.1 sends the headers of its answer to the first requests and hangs
 up before the body, as a server SIGKILLed at that moment does; MLflow's own REST call is made
-against it, with and without the retry installed."""
+against it, with and without the retry installed. And a sweep's Ray workers have it installed
+before any trial runs: a real local Ray, started as a sweep starts it."""
 
 import contextlib
 import threading
@@ -83,3 +84,24 @@ def test_a_server_that_always_cuts_off_fails_the_call_after_the_attempts(unpatch
         with pytest.raises(MlflowException, match="IncompleteRead"):
             log_batch(url)
         assert seen[0] == ATTEMPTS
+
+
+def test_every_worker_of_a_sweeps_ray_has_the_retry_installed():
+    import ray
+
+    from sweeps.cluster import connect_ray
+
+    @ray.remote
+    def installed() -> bool:
+        from mlflow.utils import rest_utils as worker_rest_utils
+
+        send = worker_rest_utils._get_http_response_with_retries
+        return getattr(send, "retries_cut_off_responses", False)
+
+    if ray.is_initialized():  # another test's Ray, not started as a sweep starts it
+        ray.shutdown()
+    connect_ray(None)
+    try:
+        assert ray.get([installed.remote() for _ in range(2)]) == [True, True]
+    finally:
+        ray.shutdown()
